@@ -1,0 +1,64 @@
+# kubeha.apiserver: the two commands a new user runs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
+# Where ansible-test and ansible-playbook see this checkout as kubeha.apiserver.
+COLL := .build/collections/ansible_collections/kubeha/apiserver
+
+.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test demo bench clean collection
+
+setup:
+	@bash scripts/setup.sh
+
+# The collection as Ansible sees it: the git-tracked (and new, not ignored) files under ansible_collections/.
+collection: setup
+	@rm -rf $(COLL) && mkdir -p $(COLL)
+	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(COLL)/
+	@# ansible-test takes its list of files from git when the collection is a repository.
+	@cd $(COLL) && git init -q && git add -A
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/ansible-lint --profile production
+
+# ansible-test keeps its sanity virtualenvs under $$HOME/.ansible/test: give it a home in the cache,
+# with a pip bootstrap that uses the package index (its own get-pip download is not reachable here).
+ANSIBLE_TEST_HOME := $(or $(KUBEHA_CACHE),/var/cache/kubeha)/ansible-test-home
+sanity: collection
+	@install -D -m 644 scripts/ansible-test-get-pip.py $(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_24_2.py
+	cd $(COLL) && HOME=$(ANSIBLE_TEST_HOME) $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --venv \
+	  --requirements --color no
+
+unit: setup
+	$(BIN)/pytest tests/unit -q
+
+lab-build: setup
+	@bash tests/lab/build_binaries.sh >/dev/null
+	@bash tests/lab/build_images.sh >/dev/null
+
+lab-up: lab-build
+	$(PY) tests/lab/lab.py up
+
+lab-down: setup
+	$(PY) tests/lab/lab.py down
+
+lab-status: setup
+	$(PY) tests/lab/lab.py status
+
+# The lab acceptance tests bring the lab up (or reuse a running one) and take it down at the end.
+lab-test: lab-build
+	$(BIN)/pytest tests/lab -q
+
+test: lint sanity lab-build
+	$(BIN)/pytest tests/unit tests/lab -q -p no:cacheprovider
+
+demo: lab-up
+	$(PY) tests/lab/lab.py status
+
+clean: lab-down
+	rm -rf .build

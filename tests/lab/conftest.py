@@ -1,0 +1,29 @@
+"""The lab acceptance suite: brings the lab up (or reuses a healthy one) for the session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import lab as labmod
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.fail("the lab suite needs root (network namespaces, mounts, nspawn, qemu)")
+    if not labmod.load_state() or labmod.cmd_status() != 0:
+        subprocess.run([sys.executable, str(labmod.HERE / "lab.py"), "up"], check=True)
+    # The suite's last test takes the lab down and checks that nothing is left (test_zz_down.py).
+    return labmod.load_state()
+
+
+@pytest.fixture(scope="session")
+def nodes(lab) -> dict[str, labmod.Node]:
+    return {raw["name"]: labmod.Node(**raw) for raw in lab["nodes"]}

@@ -1,0 +1,853 @@
+"""The kubeha lab: a real Kubernetes control plane and real nodes on one machine.
+
+    lab.py up | down | status | ssh NODE [CMD...]
+
+Every node lives in a network namespace the lab creates, on one bridge inside the hub namespace
+(`khalab`), which has no uplink: lab traffic cannot leave the lab. Control-plane nodes and the userspace
+worker are systemd-nspawn containers; the IPVS worker is a qemu guest (software emulation) with a Debian
+kernel. Everything the lab starts is recorded in a state file and stopped by PID, mount or namespace name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CACHE = Path(os.environ.get("KUBEHA_CACHE", "/var/cache/kubeha"))
+WORK = Path(os.environ.get("KUBEHA_LAB_WORK", "/var/lib/kubeha-lab"))
+RUN = Path(os.environ.get("KUBEHA_LAB_RUN", "/run/kubeha-lab"))
+LOCK = Path("/run/kubeha-lab.lock")
+STATE = RUN / "state.json"
+
+HUB_NS = "khalab"
+NS_PREFIX = "khalab-"
+BRIDGE = "br0"
+NET4_PREFIX, GW4 = "10.88.0.", "10.88.0.1"
+NET6_PREFIX, GW6 = "fd88:88::", "fd88:88::1"
+MIRROR_PORT = 8080
+SITE_MIRROR = f"http://{GW4}:{MIRROR_PORT}"
+SERVICE_CIDRS = "10.96.0.0/16,fd88:96::/112"
+POD_CIDRS = "10.244.0.0/16,fd88:244::/56"
+CLUSTER_NAME = "kubeha-lab"
+NODE_BIN = "/opt/kubeha-lab/bin"
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for line in (HERE / "versions.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    kind: str  # "nspawn" or "qemu"
+    role: str  # "control-plane" or "worker"
+    index: int
+
+    @property
+    def addr4(self) -> str:
+        return f"{NET4_PREFIX}{self.index}"
+
+    @property
+    def addr6(self) -> str:
+        return f"{NET6_PREFIX}{self.index}"
+
+    @property
+    def netns(self) -> str:
+        # qemu runs in the hub namespace behind a tap device; nspawn nodes get a namespace each.
+        return HUB_NS if self.kind == "qemu" else NS_PREFIX + self.name
+
+    @property
+    def has_ipvs(self) -> bool:
+        return self.kind == "qemu"
+
+
+def topology() -> list[Node]:
+    masters = int(os.environ.get("KUBEHA_LAB_MASTERS", "3"))
+    qemu_workers = int(os.environ.get("KUBEHA_LAB_QEMU_WORKERS", "1"))
+    nspawn_workers = int(os.environ.get("KUBEHA_LAB_NSPAWN_WORKERS", "1"))
+    nodes = [Node(f"cp{i}", "nspawn", "control-plane", 10 + i) for i in range(1, masters + 1)]
+    workers = ["qemu"] * qemu_workers + ["nspawn"] * nspawn_workers
+    for i, kind in enumerate(workers, start=1):
+        nodes.append(Node(f"w{i}", kind, "worker", 20 + i))
+    return nodes
+
+
+def log(msg: str) -> None:
+    print(f"[lab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(*cmd: str, ns: str | None = None, check: bool = True, input: str | None = None, timeout: float = 300):
+    argv = list(cmd)
+    if ns:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def wait_for(what: str, predicate, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    last_error: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the condition is not met yet; keep the reason for the timeout message
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f": {last_error}" if last_error else "")
+    )
+
+
+def spawn(argv: list[str], log_path: Path) -> int:
+    """Start a long-running lab process in its own session, output to a file; return its PID."""
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return proc.pid
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# state: everything the lab started, so that `down` stops exactly that
+
+
+def load_state() -> dict:
+    if STATE.exists():
+        return json.loads(STATE.read_text())
+    return {}
+
+
+def save_state(state: dict) -> None:
+    RUN.mkdir(parents=True, exist_ok=True)
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(STATE)
+
+
+@contextlib.contextmanager
+def lab_lock() -> Iterator[None]:
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit("another lab operation holds the lab lock (one lab per machine)")
+        yield
+
+
+def ssh_key() -> Path:
+    key = CACHE / "lab" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kubeha-lab", "-f", str(key))
+    return key
+
+
+def ssh_argv(node: Node | str, *cmd: str) -> list[str]:
+    addr = node.addr4 if isinstance(node, Node) else node
+    return [
+        "ip",
+        "netns",
+        "exec",
+        HUB_NS,
+        "ssh",
+        "-i",
+        str(ssh_key()),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=5",
+        f"root@{addr}",
+        *cmd,
+    ]
+
+
+def ssh(node: Node, cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    res = subprocess.run(ssh_argv(node, cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{node.name}: {cmd!r} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# network
+
+
+def make_network(nodes: list[Node]) -> None:
+    sh("ip", "netns", "add", HUB_NS)
+    sh("ip", "-n", HUB_NS, "link", "set", "lo", "up")
+    sh("ip", "-n", HUB_NS, "link", "add", BRIDGE, "type", "bridge")
+    sh("ip", "-n", HUB_NS, "addr", "add", f"{GW4}/24", "dev", BRIDGE)
+    sh("ip", "-n", HUB_NS, "addr", "add", f"{GW6}/64", "dev", BRIDGE, "nodad")
+    sh("ip", "-n", HUB_NS, "link", "set", BRIDGE, "up")
+    for node in nodes:
+        if node.kind == "qemu":
+            tap = f"t-{node.name}"
+            sh("ip", "-n", HUB_NS, "tuntap", "add", "dev", tap, "mode", "tap")
+            sh("ip", "-n", HUB_NS, "link", "set", tap, "master", BRIDGE, "up")
+            continue
+        ns = node.netns
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", HUB_NS, "link", "add", f"v-{node.name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", HUB_NS, "link", "set", f"v-{node.name}", "master", BRIDGE, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{node.addr4}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "addr", "add", f"{node.addr6}/64", "dev", "eth0", "nodad")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", GW4)
+        sh("ip", "-n", ns, "-6", "route", "add", "default", "via", GW6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PKI and kubeconfigs, made by kubeadm's own phases
+
+
+def kubeadm_config(node: Node, masters: list[Node], token: str, ver: str, cert_dir: Path) -> str:
+    cp1 = masters[0]
+    sans = sorted({node.name, node.addr4, node.addr6} | ({cp1.addr4} if node.role == "control-plane" else set()))
+    return f"""\
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+bootstrapTokens:
+  - token: "{token}"
+    ttl: 24h0m0s
+    groups: [system:bootstrappers:kubeadm:default-node-token]
+    usages: [signing, authentication]
+localAPIEndpoint:
+  advertiseAddress: {node.addr4 if node.role == "control-plane" else cp1.addr4}
+  bindPort: 6443
+nodeRegistration:
+  name: {node.name}
+  criSocket: unix:///var/run/containerd/containerd.sock
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+clusterName: {CLUSTER_NAME}
+kubernetesVersion: {ver}
+controlPlaneEndpoint: "{cp1.addr4}:6443"
+certificatesDir: {cert_dir}
+networking:
+  dnsDomain: cluster.local
+  serviceSubnet: "{SERVICE_CIDRS}"
+  podSubnet: "{POD_CIDRS}"
+apiServer:
+  certSANs: [{", ".join(f'"{s}"' for s in sans)}]
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+"""
+
+
+def make_pki(nodes: list[Node], bindir: Path, token: str) -> None:
+    """PKI and kubeconfigs from kubeadm's phases: one set of CAs, then each node's own certificates."""
+    ver = versions()["K8S_VERSION"]
+    masters = [n for n in nodes if n.role == "control-plane"]
+    cfgdir = WORK / "kubeadm"
+    cfgdir.mkdir(parents=True, exist_ok=True)
+
+    def kubeadm(node: Node, cert_dir: Path, *args: str) -> str:
+        # kubeadm refuses --cert-dir next to --config: the directory goes into the config instead.
+        cfg = cfgdir / f"{node.name}-{cert_dir.name}.yaml"
+        cfg.write_text(kubeadm_config(node, masters, token, ver, cert_dir))
+        return sh(str(bindir / "kubeadm"), *args, "--config", str(cfg)).stdout
+
+    # What upload-config stores in the cluster: the paths as they are on the masters.
+    (cfgdir / "cluster.yaml").write_text(kubeadm_config(masters[0], masters, token, ver, Path("/etc/kubernetes/pki")))
+    shared = WORK / "pki" / "shared"
+    for phase in ("ca", "etcd-ca", "front-proxy-ca", "sa"):
+        kubeadm(masters[0], shared, "init", "phase", "certs", phase)
+    for node in nodes:
+        etc = seed_dir(node) / "rootfs/etc/kubernetes"
+        pki = etc / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        if node.role == "control-plane":
+            shutil.copytree(shared, pki, dirs_exist_ok=True)
+            kubeadm(node, pki, "init", "phase", "certs", "all")
+            kubeadm(node, pki, "init", "phase", "kubeconfig", "all", "--kubeconfig-dir", str(etc))
+            continue
+        # A worker has the cluster CA and its kubelet.conf, as `kubeadm join` leaves them.
+        shutil.copy2(shared / "ca.crt", pki / "ca.crt")
+        kubeadm(node, shared, "init", "phase", "kubeconfig", "kubelet", "--kubeconfig-dir", str(etc))
+        # kube-proxy runs as a systemd unit here, with its own client certificate (system:kube-proxy).
+        conf = kubeadm(node, shared, "kubeconfig", "user", "--client-name", "system:kube-proxy")
+        (etc / "kube-proxy.conf").write_text(conf)
+        (etc / "kube-proxy.conf").chmod(0o600)
+    shutil.copy2(seed_dir(masters[0]) / "rootfs/etc/kubernetes/admin.conf", WORK / "admin.conf")
+    shutil.copy2(shared / "ca.crt", WORK / "ca.crt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# seeds: what each node has before the collection is applied
+
+
+def seed_dir(node: Node) -> Path:
+    return WORK / "nodes" / node.name / "seed"
+
+
+def unit(description: str, exec_start: list[str], after: str = "network-online.target", extra: str = "") -> str:
+    args = " \\\n  ".join(exec_start)
+    return f"""\
+[Unit]
+Description={description}
+After={after}
+
+[Service]
+ExecStart={args}
+Restart=always
+RestartSec=2
+{extra}
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def master_units(node: Node, masters: list[Node]) -> dict[str, str]:
+    pki = "/etc/kubernetes/pki"
+    initial = ",".join(f"{m.name}=https://{m.addr4}:2380" for m in masters)
+    etcd = [
+        f"{NODE_BIN}/etcd",
+        f"--name={node.name}",
+        "--data-dir=/var/lib/etcd",
+        f"--advertise-client-urls=https://{node.addr4}:2379",
+        f"--listen-client-urls=https://127.0.0.1:2379,https://{node.addr4}:2379",
+        f"--initial-advertise-peer-urls=https://{node.addr4}:2380",
+        f"--listen-peer-urls=https://{node.addr4}:2380",
+        f"--initial-cluster={initial}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token={CLUSTER_NAME}",
+        f"--cert-file={pki}/etcd/server.crt",
+        f"--key-file={pki}/etcd/server.key",
+        "--client-cert-auth=true",
+        f"--trusted-ca-file={pki}/etcd/ca.crt",
+        f"--peer-cert-file={pki}/etcd/peer.crt",
+        f"--peer-key-file={pki}/etcd/peer.key",
+        "--peer-client-cert-auth=true",
+        f"--peer-trusted-ca-file={pki}/etcd/ca.crt",
+        "--listen-metrics-urls=http://127.0.0.1:2381",
+        "--snapshot-count=10000",
+    ]
+    apiserver = [
+        f"{NODE_BIN}/kube-apiserver",
+        f"--advertise-address={node.addr4}",
+        "--allow-privileged=true",
+        "--authorization-mode=Node,RBAC",
+        f"--client-ca-file={pki}/ca.crt",
+        "--enable-admission-plugins=NodeRestriction",
+        "--enable-bootstrap-token-auth=true",
+        f"--etcd-cafile={pki}/etcd/ca.crt",
+        f"--etcd-certfile={pki}/apiserver-etcd-client.crt",
+        f"--etcd-keyfile={pki}/apiserver-etcd-client.key",
+        "--etcd-servers=https://127.0.0.1:2379",
+        f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+        f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+        "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+        f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
+        f"--proxy-client-key-file={pki}/front-proxy-client.key",
+        "--requestheader-allowed-names=front-proxy-client",
+        f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        "--secure-port=6443",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki}/sa.pub",
+        f"--service-account-signing-key-file={pki}/sa.key",
+        f"--service-cluster-ip-range={SERVICE_CIDRS}",
+        f"--tls-cert-file={pki}/apiserver.crt",
+        f"--tls-private-key-file={pki}/apiserver.key",
+    ]
+    cm_conf = "/etc/kubernetes/controller-manager.conf"
+    controller_manager = [
+        f"{NODE_BIN}/kube-controller-manager",
+        f"--authentication-kubeconfig={cm_conf}",
+        f"--authorization-kubeconfig={cm_conf}",
+        "--bind-address=127.0.0.1",
+        f"--client-ca-file={pki}/ca.crt",
+        f"--cluster-name={CLUSTER_NAME}",
+        f"--cluster-signing-cert-file={pki}/ca.crt",
+        f"--cluster-signing-key-file={pki}/ca.key",
+        "--controllers=*,bootstrapsigner,tokencleaner",
+        f"--kubeconfig={cm_conf}",
+        "--leader-elect=true",
+        f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+        f"--root-ca-file={pki}/ca.crt",
+        f"--service-account-private-key-file={pki}/sa.key",
+        "--use-service-account-credentials=true",
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={POD_CIDRS}",
+        f"--service-cluster-ip-range={SERVICE_CIDRS}",
+    ]
+    sched_conf = "/etc/kubernetes/scheduler.conf"
+    scheduler = [
+        f"{NODE_BIN}/kube-scheduler",
+        f"--authentication-kubeconfig={sched_conf}",
+        f"--authorization-kubeconfig={sched_conf}",
+        "--bind-address=127.0.0.1",
+        f"--kubeconfig={sched_conf}",
+        "--leader-elect=true",
+    ]
+    return {
+        "etcd.service": unit("etcd (stacked, as kubeadm runs it)", etcd, extra="Type=notify\nTimeoutStartSec=0\n"),
+        "kube-apiserver.service": unit("Kubernetes API server", apiserver, after="etcd.service"),
+        "kube-controller-manager.service": unit(
+            "Kubernetes controller manager", controller_manager, after="kube-apiserver.service"
+        ),
+        "kube-scheduler.service": unit("Kubernetes scheduler", scheduler, after="kube-apiserver.service"),
+    }
+
+
+def worker_units(node: Node) -> dict[str, str]:
+    loader = "/usr/local/lib/kubeha-lab/kube-proxy-config.py"
+    env = "" if node.has_ipvs else "Environment=KUBEHA_LAB_PROXY_MODE=iptables\n"
+    return {
+        "kube-proxy.service": unit(
+            "kube-proxy (config read from the live kube-system/kube-proxy ConfigMap at each start)",
+            [f"{NODE_BIN}/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", f"--hostname-override={node.name}"],
+            extra=f"{env}ExecStartPre=/usr/bin/python3 {loader}\nRestartSec=3\n",
+        )
+    }
+
+
+def make_seed(node: Node, nodes: list[Node], bindir: Path) -> None:
+    seed = seed_dir(node)
+    root = seed / "rootfs"
+    masters = [n for n in nodes if n.role == "control-plane"]
+    units = master_units(node, masters) if node.role == "control-plane" else worker_units(node)
+    unit_dir = root / "etc/systemd/system"
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (unit_dir / name).write_text(text)
+    libdir = root / "usr/local/lib/kubeha-lab"
+    libdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(HERE / "node" / "kube-proxy-config.py", libdir / "kube-proxy-config.py")
+    bin_link_dir = root / "usr/local/bin"
+    bin_link_dir.mkdir(parents=True, exist_ok=True)
+    for tool in ("kubectl", "kubeadm"):
+        link = bin_link_dir / tool
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"{NODE_BIN}/{tool}")
+    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    hosts += [f"{n.addr4} {n.name}" for n in nodes] + [f"{n.addr6} {n.name}" for n in nodes]
+    env = {
+        "NODE_NAME": node.name,
+        "NODE_ADDR4": f"{node.addr4}/24",
+        "NODE_ADDR6": f"{node.addr6}/64",
+        "LAB_GW4": GW4,
+        "LAB_GW6": GW6,
+        "SITE_MIRROR": SITE_MIRROR,
+        "HOSTS_LINES": "\n".join(hosts),
+        "START_UNITS": " ".join(units),
+    }
+    (seed / "node.env").write_text("".join(f"{k}='{v}'\n" for k, v in env.items()))
+    shutil.copy2(HERE / "node" / "init", seed / "init")
+    shutil.copy2(ssh_key().with_suffix(".pub"), seed / "authorized_keys")
+    (seed / "bin").mkdir(exist_ok=True)
+    if node.kind == "qemu":
+        # The guest sees the seed as a second disk; its binaries travel on it.
+        for tool in ("kube-proxy", "kubectl", "kubeadm"):
+            shutil.copy2(bindir / tool, seed / "bin" / tool)
+        disk = WORK / "nodes" / node.name / "seed.img"
+        sh("mkfs.ext4", "-q", "-F", "-L", "kubeha-seed", "-d", str(seed), str(disk), "512M")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nodes
+
+
+def start_nspawn(node: Node, images: Path, bindir: Path, state: dict) -> None:
+    base = WORK / "nodes" / node.name
+    upper, work, root = base / "upper", base / "work", base / "root"
+    for d in (upper, work, root):
+        d.mkdir(parents=True, exist_ok=True)
+    sh(
+        "mount",
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={images / 'rootfs'},upperdir={upper},workdir={work}",
+        str(root),
+    )
+    state["mounts"].append(str(root))
+    save_state(state)
+    argv = [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--boot",
+        "--console=passive",
+        "--link-journal=no",
+    ]
+    argv += ["--resolv-conf=off", "--timezone=off", f"--machine={node.name}", f"--directory={root}"]
+    argv += [
+        f"--network-namespace-path=/run/netns/{node.netns}",
+        "--capability=CAP_NET_ADMIN",
+        f"--bind-ro={bindir}:{NODE_BIN}",
+    ]
+    argv += [f"--bind-ro={seed_dir(node)}:/opt/kubeha-lab"]
+    state["pids"][node.name] = spawn(argv, base / "console.log")
+    save_state(state)
+
+
+def start_qemu(node: Node, images: Path, state: dict) -> None:
+    base = WORK / "nodes" / node.name
+    disk = base / "disk.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(images / "disk.img"), "-F", "raw", str(disk))
+    mac = f"52:54:00:88:00:{node.index:02x}"
+    append = (
+        f"console=ttyS0 root=/dev/vda rw quiet net.ifnames=0 systemd.hostname={node.name} "
+        f"ip={node.addr4}::{GW4}:255.255.255.0:{node.name}:eth0:off"
+    )
+    memory = os.environ.get("KUBEHA_LAB_QEMU_MEMORY", "1536")
+    argv = ["ip", "netns", "exec", HUB_NS, "qemu-system-x86_64", "-name", node.name, "-m", memory]
+    argv += [
+        "-accel",
+        "tcg",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-device",
+        "virtio-rng-pci",
+    ]
+    argv += ["-kernel", str(images / "vmlinuz"), "-initrd", str(images / "initrd"), "-append", append]
+    argv += ["-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
+    argv += ["-drive", f"file={base / 'seed.img'},if=virtio,format=raw,readonly=on"]
+    argv += ["-netdev", f"tap,id=n0,ifname=t-{node.name},script=no,downscript=no"]
+    argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}", "-serial", f"file:{base / 'console.log'}"]
+    argv += ["-monitor", f"unix:{base / 'monitor.sock'},server,nowait"]
+    state["pids"][node.name] = spawn(argv, base / "qemu.log")
+    save_state(state)
+
+
+def start_mirror(images: Path, state: dict) -> None:
+    served = WORK / "mirror"
+    served.mkdir(parents=True, exist_ok=True)
+    for name in ("debian", "wheels"):
+        link = served / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(images / ("mirror" if name == "debian" else "wheels"))
+    argv = ["ip", "netns", "exec", HUB_NS, sys.executable, "-m", "http.server", str(MIRROR_PORT)]
+    argv += ["--bind", GW4, "--directory", str(served)]
+    state["pids"]["mirror"] = spawn(argv, WORK / "mirror.log")
+    save_state(state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the API side
+
+
+def kubectl(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    bindir = Path(load_state()["bindir"])
+    return sh(
+        str(bindir / "kubectl"), f"--kubeconfig={WORK / 'admin.conf'}", *args, ns=HUB_NS, check=check, input=input
+    )
+
+
+def readyz(addr: str, timeout: float = 3) -> bool:
+    """GET /readyz on one apiserver, certificate verified against the cluster CA (from the hub namespace)."""
+    res = sh(
+        "curl",
+        "-sS",
+        "--max-time",
+        str(timeout),
+        "--cacert",
+        str(WORK / "ca.crt"),
+        f"https://{addr}:6443/readyz",
+        ns=HUB_NS,
+        check=False,
+    )
+    return res.returncode == 0 and res.stdout.strip() == "ok"
+
+
+LAB_RBAC = """\
+# Lab plumbing: a node's kube-proxy unit reads the kube-proxy ConfigMap, as kubelet would mount it.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: kubeha-lab-kube-proxy-config, namespace: kube-system}
+rules:
+  - {apiGroups: [""], resources: [configmaps], resourceNames: [kube-proxy], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: kubeha-lab-kube-proxy-config, namespace: kube-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: kubeha-lab-kube-proxy-config}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-proxy"}
+"""
+
+
+def node_object(node: Node) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"}
+            | ({"node-role.kubernetes.io/control-plane": ""} if node.role == "control-plane" else {}),
+        },
+    }
+
+
+def bootstrap_api(nodes: list[Node], bindir: Path) -> None:
+    kubeadm = str(bindir / "kubeadm")
+    cfg = str(WORK / "kubeadm" / "cluster.yaml")
+    admin = f"--kubeconfig={WORK / 'admin.conf'}"
+    sh(kubeadm, "init", "phase", "upload-config", "kubeadm", "--config", cfg, admin, ns=HUB_NS)
+    sh(kubeadm, "init", "phase", "bootstrap-token", "--config", cfg, admin, ns=HUB_NS)
+    sh(kubeadm, "init", "phase", "addon", "kube-proxy", "--config", cfg, admin, ns=HUB_NS)
+    kubectl("apply", "-f", "-", input=LAB_RBAC)
+    for node in nodes:
+        kubectl("apply", "-f", "-", input=json.dumps(node_object(node)))
+        status = {
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": node.addr4},
+                    {"type": "InternalIP", "address": node.addr6},
+                    {"type": "Hostname", "address": node.name},
+                ]
+            }
+        }
+        kubectl("patch", "node", node.name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+def write_inventory(nodes: list[Node]) -> Path:
+    key = ssh_key()
+    lines = [
+        "# Written by tests/lab/lab.py up: the lab's nodes, reached over SSH inside the lab namespace.",
+        "all:",
+        "  vars:",
+        "    ansible_user: root",
+        f"    ansible_ssh_private_key_file: {key}",
+        "    ansible_ssh_common_args: >-",
+        "      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        f"      -o ProxyCommand='ip netns exec {HUB_NS} nc %h %p'",
+        "    ansible_python_interpreter: /usr/bin/python3",
+        f"    kubeha_lab_kubeconfig: {WORK / 'admin.conf'}",
+        f"    kubeha_lab_ca: {WORK / 'ca.crt'}",
+        f"    kubeha_lab_site_mirror: {SITE_MIRROR}",
+        "  children:",
+    ]
+    for group, role in (("kube_control_plane", "control-plane"), ("kube_node", "worker")):
+        lines += [f"    {group}:", "      hosts:"]
+        for n in nodes:
+            if n.role == role:
+                lines += [
+                    f"        {n.name}:",
+                    f"          ansible_host: {n.addr4}",
+                    f"          kubeha_lab_addr6: {n.addr6}",
+                    f"          kubeha_lab_kind: {n.kind}",
+                ]
+    path = WORK / "inventory.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def build() -> tuple[Path, Path]:
+    bindir = Path(sh("bash", str(HERE / "build_binaries.sh"), timeout=7200).stdout.strip().splitlines()[-1])
+    images = Path(sh("bash", str(HERE / "build_images.sh"), timeout=3600).stdout.strip().splitlines()[-1])
+    return bindir, images
+
+
+def cmd_up() -> None:
+    t0 = time.monotonic()
+    with lab_lock():
+        if STATE.exists() or any_lab_netns():
+            log("a previous lab is here: cleaning it up first")
+            teardown()
+        bindir, images = build()
+        log(f"binaries {bindir.name}, images {images.name}")
+        nodes = topology()
+        state = {
+            "bindir": str(bindir),
+            "images": str(images),
+            "nodes": [asdict(n) for n in nodes],
+            "pids": {},
+            "mounts": [],
+            "netns": [HUB_NS] + [n.netns for n in nodes if n.kind != "qemu"],
+        }
+        save_state(state)
+        WORK.mkdir(parents=True, exist_ok=True)
+        make_network(nodes)
+        start_mirror(images, state)
+        token = f"{secrets.token_hex(3)}.{secrets.token_hex(8)}"
+        log("PKI and kubeconfigs (kubeadm init phase certs / kubeconfig)")
+        make_pki(nodes, bindir, token)
+        for node in nodes:
+            make_seed(node, nodes, bindir)
+        log("booting " + ", ".join(f"{n.name} ({n.kind})" for n in nodes))
+        for node in nodes:
+            if node.kind == "qemu":
+                start_qemu(node, images, state)
+            else:
+                start_nspawn(node, images, bindir, state)
+        masters = [n for n in nodes if n.role == "control-plane"]
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda n: wait_for(f"SSH on {n.name}", lambda: ssh(n, "true", timeout=15), 240), nodes))
+        log(f"SSH answers on every node ({time.monotonic() - t0:.0f} s)")
+        for m in masters:
+            wait_for(f"kube-apiserver on {m.name}", lambda m=m: readyz(m.addr4), 240)
+        log(f"every apiserver is ready ({time.monotonic() - t0:.0f} s)")
+        log("API objects (kubeadm init phase upload-config / bootstrap-token / addon kube-proxy)")
+        bootstrap_api(nodes, bindir)
+        workers = [n for n in nodes if n.role == "worker"]
+        for w in workers:
+            wait_for(f"kube-proxy on {w.name}", lambda w=w: ssh(w, "systemctl is-active -q kube-proxy"), 180)
+        inventory = write_inventory(nodes)
+        state["ready_after_s"] = round(time.monotonic() - t0, 1)
+        save_state(state)
+    log(f"lab is up in {time.monotonic() - t0:.0f} s; inventory: {inventory}")
+
+
+def any_lab_netns() -> bool:
+    res = sh("ip", "netns", "list", check=False)
+    return any(line.split()[0] == HUB_NS or line.startswith(NS_PREFIX) for line in res.stdout.splitlines() if line)
+
+
+def lab_netns_names() -> list[str]:
+    res = sh("ip", "netns", "list", check=False)
+    names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
+    return [n for n in names if n == HUB_NS or n.startswith(NS_PREFIX)]
+
+
+def stop_pid(pid: int, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            if _is_zombie(pid):
+                return
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def teardown() -> None:
+    state = load_state()
+    pids = state.get("pids", {})
+    # Nodes first (nspawn powers the container off on SIGTERM; qemu quits), the mirror last.
+    with ThreadPoolExecutor(max(1, len(pids))) as pool:
+        list(pool.map(lambda pid: stop_pid(pid, 15), [p for n, p in pids.items() if n != "mirror"]))
+    if "mirror" in pids:
+        stop_pid(pids["mirror"], 5)
+    # Anything still running inside a namespace the lab created was started by the lab.
+    for ns in lab_netns_names():
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            stop_pid(int(pid), 5)
+    mounts = set(state.get("mounts", []))
+    if WORK.exists():
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            target = line.split()[1]
+            if target.startswith(str(WORK) + "/"):
+                mounts.add(target)
+    for target in sorted(mounts, key=len, reverse=True):
+        sh("umount", target, check=False)
+    for ns in lab_netns_names():
+        sh("ip", "netns", "delete", ns, check=False)
+    shutil.rmtree(WORK, ignore_errors=True)
+    shutil.rmtree(RUN, ignore_errors=True)
+
+
+def cmd_down() -> None:
+    with lab_lock():
+        teardown()
+    log("lab is down")
+
+
+def cmd_status() -> int:
+    state = load_state()
+    if not state:
+        print("lab: down")
+        return 1
+    ok = True
+    print(f"lab: up (ready after {state.get('ready_after_s', '?')} s), binaries {Path(state['bindir']).name}")
+    for raw in state["nodes"]:
+        node = Node(**raw)
+        pid = state["pids"].get(node.name)
+        alive = pid is not None and Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
+        reach = ssh(node, "systemctl is-system-running", check=False, timeout=20) if alive else None
+        sysstate = reach.stdout.strip() if reach is not None else "-"
+        extra = ""
+        if node.role == "control-plane" and alive:
+            extra = " apiserver /readyz: " + ("ok" if readyz(node.addr4) else "FAILED")
+        elif alive:
+            proxy = ssh(node, "systemctl is-active kube-proxy", check=False, timeout=20).stdout.strip()
+            extra = f" kube-proxy: {proxy}"
+        ok &= alive and sysstate in ("running", "degraded")
+        print(f"  {node.name:4} {node.kind:6} {node.role:13} {node.addr4:12} pid {pid} systemd: {sysstate}{extra}")
+    print(f"  inventory: {WORK / 'inventory.yml'}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status", "ssh"])
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("the lab needs root (network namespaces, mounts, nspawn)")
+    if args.command == "up":
+        cmd_up()
+    elif args.command == "down":
+        cmd_down()
+    elif args.command == "status":
+        return cmd_status()
+    elif args.command == "ssh":
+        nodes = {n["name"]: Node(**n) for n in load_state().get("nodes", [])}
+        return subprocess.call(ssh_argv(nodes[args.rest[0]], *args.rest[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # What the host needs to build and run the lab (the nodes' own packages come from the lab's mirror).
 debs=(
-  qemu-system-x86 qemu-utils debootstrap systemd-container dpkg-dev e2fsprogs
+  qemu-system-x86 qemu-utils debootstrap systemd-container dpkg-dev e2fsprogs shellcheck
   iproute2 nftables iptables openssh-client netcat-openbsd curl ca-certificates rsync python3-venv
 )
 deb_stamp="$cache/debs.stamp"

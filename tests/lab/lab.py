@@ -122,11 +122,16 @@ def wait_for(what: str, predicate, timeout: float, interval: float = 1.0):
     )
 
 
-def spawn(argv: list[str], log_path: Path) -> int:
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
     """Start a long-running lab process in its own session, output to a file; return its PID."""
     with log_path.open("w") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=None if env is None else os.environ | env,
         )
     return proc.pid
 
@@ -306,7 +311,8 @@ def make_pki(nodes: list[Node], bindir: Path, token: str) -> None:
         conf = kubeadm(node, shared, "kubeconfig", "user", "--client-name", "system:kube-proxy")
         (etc / "kube-proxy.conf").write_text(conf)
         (etc / "kube-proxy.conf").chmod(0o600)
-    shutil.copy2(seed_dir(masters[0]) / "rootfs/etc/kubernetes/admin.conf", WORK / "admin.conf")
+    for conf in ("admin.conf", "super-admin.conf"):
+        shutil.copy2(seed_dir(masters[0]) / "rootfs/etc/kubernetes" / conf, WORK / conf)
     shutil.copy2(shared / "ca.crt", WORK / "ca.crt")
 
 
@@ -432,14 +438,16 @@ def master_units(node: Node, masters: list[Node]) -> dict[str, str]:
 
 def worker_units(node: Node) -> dict[str, str]:
     loader = "/usr/local/lib/kubeha-lab/kube-proxy-config.py"
-    env = "" if node.has_ipvs else "Environment=KUBEHA_LAB_PROXY_MODE=iptables\n"
-    return {
-        "kube-proxy.service": unit(
-            "kube-proxy (config read from the live kube-system/kube-proxy ConfigMap at each start)",
-            [f"{NODE_BIN}/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", f"--hostname-override={node.name}"],
-            extra=f"{env}ExecStartPre=/usr/bin/python3 {loader}\nRestartSec=3\n",
-        )
-    }
+    if node.has_ipvs:
+        # As node setup guides do (modules-load.d), and again here for the first boot.
+        extra = "ExecStartPre=/sbin/modprobe -a nf_conntrack ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh\n"
+    else:
+        # No IPVS in the shared kernel, and its /proc/sys is read-only here: iptables mode, kernel defaults.
+        extra = "Environment=KUBEHA_LAB_PROXY_MODE=iptables KUBEHA_LAB_SHARED_KERNEL=1\n"
+    extra += f"ExecStartPre=/usr/bin/python3 {loader}\nRestartSec=3\n"
+    argv = [f"{NODE_BIN}/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", f"--hostname-override={node.name}"]
+    description = "kube-proxy (config read from the live kube-system/kube-proxy ConfigMap at each start)"
+    return {"kube-proxy.service": unit(description, argv, extra=extra)}
 
 
 def make_seed(node: Node, nodes: list[Node], bindir: Path) -> None:
@@ -456,6 +464,10 @@ def make_seed(node: Node, nodes: list[Node], bindir: Path) -> None:
     shutil.copy2(HERE / "node" / "kube-proxy-config.py", libdir / "kube-proxy-config.py")
     bin_link_dir = root / "usr/local/bin"
     bin_link_dir.mkdir(parents=True, exist_ok=True)
+    if node.has_ipvs:
+        modules = root / "etc/modules-load.d"
+        modules.mkdir(parents=True, exist_ok=True)
+        (modules / "kube-proxy.conf").write_text("nf_conntrack\nip_vs\nip_vs_rr\nip_vs_wrr\nip_vs_sh\n")
     for tool in ("kubectl", "kubeadm"):
         link = bin_link_dir / tool
         link.unlink(missing_ok=True)
@@ -520,7 +532,8 @@ def start_nspawn(node: Node, images: Path, bindir: Path, state: dict) -> None:
         f"--bind-ro={bindir}:{NODE_BIN}",
     ]
     argv += [f"--bind-ro={seed_dir(node)}:/opt/kubeha-lab"]
-    state["pids"][node.name] = spawn(argv, base / "console.log")
+    # The node owns its network namespace, so its /proc/sys/net may be writable (kube-proxy, the guard).
+    state["pids"][node.name] = spawn(argv, base / "console.log", env={"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"})
     save_state(state)
 
 
@@ -597,6 +610,13 @@ def readyz(addr: str, timeout: float = 3) -> bool:
     return res.returncode == 0 and res.stdout.strip() == "ok"
 
 
+def kube_proxy_healthy(node: Node) -> bool:
+    """kube-proxy's /healthz answers 200 once it has synced its rules."""
+    res = sh("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+             f"http://{node.addr4}:10256/healthz", ns=HUB_NS, check=False)  # fmt: skip
+    return res.stdout == "200"
+
+
 LAB_RBAC = """\
 # Lab plumbing: a node's kube-proxy unit reads the kube-proxy ConfigMap, as kubelet would mount it.
 apiVersion: rbac.authorization.k8s.io/v1
@@ -629,7 +649,10 @@ def node_object(node: Node) -> dict:
 def bootstrap_api(nodes: list[Node], bindir: Path) -> None:
     kubeadm = str(bindir / "kubeadm")
     cfg = str(WORK / "kubeadm" / "cluster.yaml")
-    admin = f"--kubeconfig={WORK / 'admin.conf'}"
+    # As `kubeadm init` does: super-admin (system:masters) binds admin.conf's group to cluster-admin.
+    admin = f"--kubeconfig={WORK / 'super-admin.conf'}"
+    sh(str(bindir / "kubectl"), admin, "create", "clusterrolebinding", "kubeadm:cluster-admins",
+       "--clusterrole=cluster-admin", "--group=kubeadm:cluster-admins", ns=HUB_NS)  # fmt: skip
     sh(kubeadm, "init", "phase", "upload-config", "kubeadm", "--config", cfg, admin, ns=HUB_NS)
     sh(kubeadm, "init", "phase", "bootstrap-token", "--config", cfg, admin, ns=HUB_NS)
     sh(kubeadm, "init", "phase", "addon", "kube-proxy", "--config", cfg, admin, ns=HUB_NS)
@@ -733,7 +756,7 @@ def cmd_up() -> None:
         bootstrap_api(nodes, bindir)
         workers = [n for n in nodes if n.role == "worker"]
         for w in workers:
-            wait_for(f"kube-proxy on {w.name}", lambda w=w: ssh(w, "systemctl is-active -q kube-proxy"), 180)
+            wait_for(f"kube-proxy on {w.name}", lambda w=w: kube_proxy_healthy(w), 180)
         inventory = write_inventory(nodes)
         state["ready_after_s"] = round(time.monotonic() - t0, 1)
         save_state(state)

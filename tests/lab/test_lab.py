@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import lab as labmod
 import pytest
@@ -73,10 +75,13 @@ def test_cluster_info_is_signed_by_the_bootstrap_signer(lab):
 
 
 def test_kubelet_conf_points_at_a_master_as_kubeadm_leaves_it(nodes):
+    # Workers: the controlPlaneEndpoint (cp1 here, no load balancer). Masters: their own apiserver, as
+    # kubeadm >= 1.31 writes it (ControlPlaneKubeletLocalMode).
     cp1 = nodes["cp1"]
     for node in nodes.values():
         text = labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout
-        assert f"server: https://{cp1.addr4}:6443" in text, node.name
+        server = node.addr4 if node.role == "control-plane" else cp1.addr4
+        assert f"server: https://{server}:6443" in text, node.name
         assert f"system:node:{node.name}" in text, node.name
 
 
@@ -105,7 +110,15 @@ def test_userspace_worker_runs_kube_proxy_without_ipvs(nodes):
 
 def test_ansible_reaches_every_node(lab, nodes):
     res = subprocess.run(
-        ["ansible", "all", "-i", str(WORK / "inventory.yml"), "-m", "ansible.builtin.ping", "-o"],
+        [
+            str(Path(sys.executable).parent / "ansible"),
+            "all",
+            "-i",
+            str(WORK / "inventory.yml"),
+            "-m",
+            "ansible.builtin.ping",
+            "-o",
+        ],
         capture_output=True,
         check=False,
         text=True,

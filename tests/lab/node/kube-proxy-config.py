@@ -2,7 +2,8 @@
 
 kube-proxy runs here as a systemd unit with its own kubeconfig (/etc/kubernetes/kube-proxy.conf, the file
 the collection points at the local endpoint), so the DaemonSet's kubeconfig path is replaced by that file.
-On nodes without IPVS the lab runs kube-proxy in iptables mode (KUBEHA_LAB_PROXY_MODE).
+On nodes without IPVS the lab runs kube-proxy in iptables mode (KUBEHA_LAB_PROXY_MODE), and on nodes that
+share the host kernel it leaves the conntrack sysctls alone (KUBEHA_LAB_SHARED_KERNEL).
 """
 
 import base64
@@ -45,6 +46,11 @@ def main():
     mode = os.environ.get("KUBEHA_LAB_PROXY_MODE")
     if mode:
         config = re.sub(r"^mode:.*$", f"mode: {mode}", config, count=1, flags=re.M)
+    if os.environ.get("KUBEHA_LAB_SHARED_KERNEL"):
+        # Conntrack sysctls belong to the host kernel here: 0 tells kube-proxy to leave them alone.
+        for key, zero in (("maxPerCore", "0"), ("min", "0"), ("tcpCloseWaitTimeout", "0s"),
+                          ("tcpEstablishedTimeout", "0s")):  # fmt: skip
+            config = re.sub(rf"^(\s+{key}:).*$", rf"\1 {zero}", config, count=1, flags=re.M)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT + ".tmp", "w") as fh:
         fh.write(config)

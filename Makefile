@@ -55,7 +55,7 @@ lab-test: lab-build
 	$(BIN)/pytest tests/lab -q
 
 test: lint sanity lab-build
-	$(BIN)/pytest tests/unit tests/lab -q -p no:cacheprovider
+	$(BIN)/pytest tests/unit tests/integration tests/lab -q -p no:cacheprovider
 
 demo: lab-up
 	$(PY) tests/lab/lab.py status

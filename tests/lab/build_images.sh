@@ -6,7 +6,6 @@
 #   disk.img       raw ext4 made from rootfs (the qemu worker's base disk; each lab run writes a qcow2 over it)
 #   vmlinuz initrd the Debian kernel that the qemu worker boots directly
 #   mirror/        offline Debian repository with the .debs the roles install (served on the lab bridge)
-#   wheels/        Python wheelhouse (pyroute2, ...) served the same way
 #
 # Nothing lab-specific is baked in: each node gets a per-lab "seed" (tests/lab/lab.py) mounted at
 # /opt/kubeha-lab, and the image's kubeha-lab-seed.service runs its init script before sshd.
@@ -24,11 +23,10 @@ log() { printf '[images] %s\n' "$*" >&2; }
 node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,kmod,iptables,ipset,ca-certificates,procps,less
 # What the roles install on nodes, served by the lab's mirror as a site mirror would.
 mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light socat curl)
-wheels=(pyroute2==0.9.7)
 
 # Bump IMAGE_REV when this script's output changes in a way the package lists do not show.
 IMAGE_REV=2
-key=$( { echo "$IMAGE_REV $DEBIAN_SUITE"; echo "$node_pkgs ${mirror_pkgs[*]} ${wheels[*]}"; } | sha256sum | cut -c1-12)
+key=$( { echo "$IMAGE_REV $DEBIAN_SUITE"; echo "$node_pkgs ${mirror_pkgs[*]} "; } | sha256sum | cut -c1-12)
 out="$cache/images/$DEBIAN_SUITE-$key"
 if [[ -f $out/.complete ]]; then
   echo "$out"
@@ -67,10 +65,6 @@ mv "$rootfs"/var/cache/apt/archives/*.deb "$work/mirror/"
 in_root apt-get clean
 umount "$rootfs/proc"
 trap - EXIT
-
-log "wheelhouse: ${wheels[*]}"
-python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.11 \
-  --platform manylinux2014_x86_64 --platform any -d "$work/wheels" "${wheels[@]}"
 
 log "configuring the node image"
 # Air-gapped like a site without internet: apt sees only the site mirror the seed names.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -570,13 +571,27 @@ def start_qemu(node: Node, images: Path, state: dict) -> None:
     save_state(state)
 
 
-def start_mirror(images: Path, state: dict) -> None:
+def build_wheelhouse() -> Path:
+    """The site's Python wheelhouse for the nodes (Python 3.11, x86_64), cached by the content of wheels.txt."""
+    spec = HERE / "wheels.txt"
+    key = hashlib.sha256(spec.read_bytes()).hexdigest()[:12]
+    out = CACHE / "wheels" / key
+    if not (out / ".complete").exists():
+        log(f"wheelhouse from {spec.name}")
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:"]
+        pip += ["--python-version", "3.11", "--platform", "manylinux2014_x86_64", "--platform", "any"]
+        sh(*pip, "-d", str(out), "-r", str(spec), timeout=600)
+        (out / ".complete").touch()
+    return out
+
+
+def start_mirror(images: Path, wheels: Path, state: dict) -> None:
     served = WORK / "mirror"
     served.mkdir(parents=True, exist_ok=True)
-    for name in ("debian", "wheels"):
+    for name, target in (("debian", images / "mirror"), ("wheels", wheels)):
         link = served / name
         link.unlink(missing_ok=True)
-        link.symlink_to(images / ("mirror" if name == "debian" else "wheels"))
+        link.symlink_to(target)
     argv = ["ip", "netns", "exec", HUB_NS, sys.executable, "-m", "http.server", str(MIRROR_PORT)]
     argv += ["--bind", GW4, "--directory", str(served)]
     state["pids"]["mirror"] = spawn(argv, WORK / "mirror.log")
@@ -707,10 +722,10 @@ def write_inventory(nodes: list[Node]) -> Path:
 # commands
 
 
-def build() -> tuple[Path, Path]:
+def build() -> tuple[Path, Path, Path]:
     bindir = Path(sh("bash", str(HERE / "build_binaries.sh"), timeout=7200).stdout.strip().splitlines()[-1])
     images = Path(sh("bash", str(HERE / "build_images.sh"), timeout=3600).stdout.strip().splitlines()[-1])
-    return bindir, images
+    return bindir, images, build_wheelhouse()
 
 
 def cmd_up() -> None:
@@ -719,7 +734,7 @@ def cmd_up() -> None:
         if STATE.exists() or any_lab_netns():
             log("a previous lab is here: cleaning it up first")
             teardown()
-        bindir, images = build()
+        bindir, images, wheels = build()
         log(f"binaries {bindir.name}, images {images.name}")
         nodes = topology()
         state = {
@@ -733,7 +748,7 @@ def cmd_up() -> None:
         save_state(state)
         WORK.mkdir(parents=True, exist_ok=True)
         make_network(nodes)
-        start_mirror(images, state)
+        start_mirror(images, wheels, state)
         token = f"{secrets.token_hex(3)}.{secrets.token_hex(8)}"
         log("PKI and kubeconfigs (kubeadm init phase certs / kubeconfig)")
         make_pki(nodes, bindir, token)

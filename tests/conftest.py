@@ -1,4 +1,7 @@
-"""The lab acceptance suite: brings the lab up (or reuses a healthy one) for the session."""
+"""Fixtures shared by the suites that need the lab: it is brought up (or a healthy one reused) once.
+
+Unit tests never ask for them, so `pytest tests/unit` needs no lab.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
 
 import lab as labmod
 

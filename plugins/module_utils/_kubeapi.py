@@ -1,0 +1,536 @@
+# Copyright (c) kubeha.apiserver developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the collection's
+# modules that talk to kube-apiserver and may change in any release without notice.
+
+"""A small Kubernetes REST client: kubeconfig loading, JSON requests, optimistic updates, rollouts.
+
+Only the standard library is used for HTTP and TLS. PyYAML (for the kubeconfig) is imported lazily by
+``import_yaml`` so that this file imports without it and a module can report ``missing_required_lib``.
+Everything here raises ``KubeAPIError`` with a message meant for the user as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import http.client
+import json
+import os
+import ssl
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+USER_AGENT = "kubeha.apiserver"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_CONTENT = "application/json"
+
+# HTTP method -> Kubernetes API verb (as RBAC and the apiserver's messages name it).
+VERBS = {"GET": "get", "PUT": "update", "PATCH": "patch", "POST": "create", "DELETE": "delete"}
+STATUS_WORDS = {
+    400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    409: "conflict",
+    422: "invalid",
+    429: "too many requests",
+}
+MAX_MESSAGE = 500
+
+
+class KubeAPIError(Exception):
+    """The one error of this domain; ``status`` is the HTTP status when the apiserver answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MissingLibraryError(KubeAPIError):
+    """A required Python library (PyYAML) cannot be imported."""
+
+    def __init__(self, library: str, import_traceback: str) -> None:
+        super().__init__(f"cannot import {library}")
+        self.library = library
+        self.import_traceback = import_traceback
+
+
+def import_yaml() -> Any:
+    """The ``yaml`` module (PyYAML), or ``MissingLibraryError``."""
+    try:
+        import yaml  # here, so that this file imports without PyYAML
+    except ImportError as exc:
+        raise MissingLibraryError("PyYAML", traceback.format_exc()) from exc
+    return yaml
+
+
+# --------------------------------------------------------------------------------------------------
+# kubeconfig
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What is needed to reach and authenticate to one apiserver; ``source`` names the kubeconfig."""
+
+    server: str
+    source: str = "credentials"
+    ca_data: bytes | None = field(default=None, repr=False)
+    client_cert: bytes | None = field(default=None, repr=False)
+    client_key: bytes | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    insecure: bool = False
+
+
+def _named(doc: Mapping[str, Any], section: str, name: str, inner: str, path: str) -> dict[str, Any]:
+    """``doc[section]`` is a list of ``{name: ..., <inner>: {...}}``: the ``inner`` mapping of ``name``."""
+    entries = doc.get(section) or []
+    if not isinstance(entries, list):
+        raise KubeAPIError(f"{path}: {section} is not a list")
+    names = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        names.append(str(entry.get("name")))
+        if entry.get("name") == name:
+            value = entry.get(inner)
+            if value is None:
+                return {}
+            if not isinstance(value, Mapping):
+                raise KubeAPIError(f"{path}: {section} entry {name!r} has a {inner} that is not a mapping")
+            return dict(value)
+    known = ", ".join(names) if names else "none"
+    raise KubeAPIError(f"{path}: {inner} {name!r} is not defined in {section} (defined: {known})")
+
+
+def _resolve(path: str, value: str) -> str:
+    """A file named in a kubeconfig: relative paths are relative to the kubeconfig's directory."""
+    return value if os.path.isabs(value) else os.path.join(os.path.dirname(os.path.abspath(path)), value)
+
+
+def _material(path: str, where: str, entry: Mapping[str, Any], key: str) -> bytes | None:
+    """The bytes of ``<key>-data`` (base64) or of the file ``<key>``; ``None`` when neither is set."""
+    data = entry.get(f"{key}-data")
+    if data:
+        if not isinstance(data, str):
+            raise KubeAPIError(f"{path}: {where}.{key}-data is not a base64 string")
+        try:
+            return base64.b64decode("".join(data.split()), validate=True)
+        except ValueError as exc:
+            raise KubeAPIError(f"{path}: {where}.{key}-data is not valid base64") from exc
+    filename = entry.get(key)
+    if filename:
+        if not isinstance(filename, str):
+            raise KubeAPIError(f"{path}: {where}.{key} is not a file name")
+        full = _resolve(path, filename)
+        try:
+            with open(full, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise KubeAPIError(f"{path}: cannot read {where}.{key} {full}: {exc.strerror or exc}") from exc
+    return None
+
+
+def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
+    """The credentials of ``context`` (default: ``current-context``) in the kubeconfig file ``path``.
+
+    Supports a client certificate and key (``client-certificate-data``/``client-key-data`` or file
+    paths) and bearer tokens (``token`` or ``tokenFile``), the CA as ``certificate-authority-data`` or
+    a file, and ``insecure-skip-tls-verify``. Credential plugins (``exec``, ``auth-provider``), basic
+    auth, ``proxy-url`` and ``tls-server-name`` are refused with a clear error.
+    """
+    yaml = import_yaml()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        hint = " (run the task with become)" if isinstance(exc, PermissionError) else ""
+        raise KubeAPIError(f"cannot read the kubeconfig {path}: {exc.strerror or exc}{hint}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeAPIError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise KubeAPIError(f"{path} is not a kubeconfig: a YAML mapping with clusters, contexts and users is expected")
+
+    name = context or doc.get("current-context")
+    if not name:
+        raise KubeAPIError(f"{path}: no context was given and current-context is not set")
+    ctx = _named(doc, "contexts", str(name), "context", path)
+    cluster_name = ctx.get("cluster")
+    user_name = ctx.get("user")
+    if not cluster_name:
+        raise KubeAPIError(f"{path}: context {name!r} has no cluster")
+    if not user_name:
+        raise KubeAPIError(f"{path}: context {name!r} has no user")
+    cluster = _named(doc, "clusters", str(cluster_name), "cluster", path)
+    user = _named(doc, "users", str(user_name), "user", path)
+
+    where = f"clusters[{cluster_name}]"
+    server = cluster.get("server")
+    if not server or not isinstance(server, str):
+        raise KubeAPIError(f"{path}: {where} has no server")
+    if urllib.parse.urlsplit(server).scheme not in ("https", "http"):
+        raise KubeAPIError(f"{path}: {where}.server {server!r} is not an https:// URL")
+    for unsupported in ("proxy-url", "tls-server-name"):
+        if cluster.get(unsupported):
+            raise KubeAPIError(f"{path}: {where}.{unsupported} is not supported by this module")
+    insecure = cluster.get("insecure-skip-tls-verify") is True
+    ca_data = _material(path, where, cluster, "certificate-authority")
+
+    where = f"users[{user_name}]"
+    for plugin in ("exec", "auth-provider"):
+        if user.get(plugin):
+            raise KubeAPIError(
+                f"{path}: {where} uses an {plugin} credential plugin, which is not supported: use a kubeconfig "
+                "with a client certificate or a token, such as /etc/kubernetes/admin.conf"
+            )
+    if user.get("username") or user.get("password"):
+        raise KubeAPIError(f"{path}: {where} uses basic authentication, which Kubernetes no longer supports")
+    client_cert = _material(path, where, user, "client-certificate")
+    client_key = _material(path, where, user, "client-key")
+    if client_cert and not client_key:
+        raise KubeAPIError(f"{path}: {where} has a client certificate but no client-key-data or client-key")
+    if client_key and not client_cert:
+        raise KubeAPIError(f"{path}: {where} has a client key but no client-certificate-data or client-certificate")
+    token = user.get("token")
+    token_file = user.get("tokenFile")
+    if not token and token_file:
+        full = _resolve(path, str(token_file))
+        try:
+            with open(full, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise KubeAPIError(f"{path}: cannot read {where}.tokenFile {full}: {exc.strerror or exc}") from exc
+        if not token:
+            raise KubeAPIError(f"{path}: {where}.tokenFile {full} is empty")
+    if not client_cert and not token:
+        raise KubeAPIError(
+            f"{path}: {where} has no credentials: client-certificate-data and client-key-data "
+            "(or client-certificate and client-key), token or tokenFile is required"
+        )
+    return Credentials(
+        server=server.rstrip("/"),
+        source=path,
+        ca_data=ca_data,
+        client_cert=client_cert,
+        client_key=client_key,
+        token=str(token) if token else None,
+        insecure=insecure,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------------------
+
+
+def describe_path(path: str) -> str:
+    """``configmaps kube-system/kube-proxy`` or ``daemonsets.apps kube-system/kube-proxy`` for an API path."""
+    parts = [p for p in urllib.parse.urlsplit(path).path.split("/") if p]
+    group = ""
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return path
+    rest = [urllib.parse.unquote(p) for p in rest]
+    namespace = ""
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest:
+        return f"namespace {namespace}" if namespace else path
+    resource = rest[0] + (f".{group}" if group else "")
+    if len(rest) >= 3:
+        resource += "/" + "/".join(rest[2:])
+    if len(rest) == 1:
+        return f"{resource} in namespace {namespace}" if namespace else resource
+    name = f"{namespace}/{rest[1]}" if namespace else rest[1]
+    return f"{resource} {name}"
+
+
+def _verb(method: str, path: str) -> str:
+    parts = [p for p in urllib.parse.urlsplit(path).path.split("/") if p]
+    if method == "GET":
+        # .../<resource> is a list, .../<resource>/<name> a get; namespaces/<ns> alone is a get too
+        core = parts[2:] if parts[:1] == ["api"] else parts[3:]
+        if len(core) >= 3 and core[0] == "namespaces":
+            core = core[2:]
+        if len(core) == 1:
+            return "list"
+    return VERBS.get(method, method.lower())
+
+
+def _apiserver_message(body: bytes, reason: str) -> str:
+    """The ``message`` of a ``Status`` answer, or the start of the body, or the HTTP reason."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, Mapping) and doc.get("message"):
+        return str(doc["message"])
+    if text:
+        return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
+    return reason or "no message"
+
+
+def error_for_status(method: str, path: str, status: int, body: bytes, reason: str = "") -> KubeAPIError:
+    """``forbidden: cannot patch daemonsets.apps kube-system/kube-proxy: <apiserver message>``."""
+    word = STATUS_WORDS.get(status, f"HTTP {status}")
+    message = _apiserver_message(body, reason)
+    return KubeAPIError(f"{word}: cannot {_verb(method, path)} {describe_path(path)}: {message}", status)
+
+
+def _no_password() -> bytes:
+    raise KubeAPIError("the client key is encrypted, which is not supported")
+
+
+class KubeClient:
+    """JSON requests to one apiserver. Use as a context manager, or call ``close()``.
+
+    The client certificate and key are written (mode 0600) into a private temporary directory only
+    long enough for ``ssl`` to load them, since ``SSLContext.load_cert_chain`` takes file names; the
+    directory is removed right after, and in any case when the client is closed. Proxy variables of
+    the environment are ignored: the apiserver is always reached directly.
+    """
+
+    def __init__(self, credentials: Credentials, timeout: float = 10, server_override: str | None = None) -> None:
+        self.credentials = credentials
+        self.server = (server_override or credentials.server).rstrip("/")
+        self.timeout = timeout
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]
+        if urllib.parse.urlsplit(self.server).scheme == "https":
+            handlers.append(urllib.request.HTTPSHandler(context=self._ssl_context()))
+        self._opener: Any = urllib.request.build_opener(*handlers)
+
+    def __enter__(self) -> KubeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        creds = self.credentials
+        try:
+            if creds.ca_data:
+                context = ssl.create_default_context(cadata=creds.ca_data.decode("ascii", "replace"))
+            else:
+                context = ssl.create_default_context()
+        except (ssl.SSLError, ValueError) as exc:
+            raise KubeAPIError(
+                f"{creds.source}: the certificate authority is not a valid PEM certificate: {exc}"
+            ) from exc
+        if creds.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if creds.client_cert and creds.client_key:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="kubeha-kubeapi-")
+            try:
+                cert = self._write_private("client.crt", creds.client_cert)
+                key = self._write_private("client.key", creds.client_key)
+                context.load_cert_chain(cert, key, password=_no_password)
+            except ssl.SSLError as exc:
+                raise KubeAPIError(f"{creds.source}: the client certificate or key is not valid: {exc}") from exc
+            finally:
+                self.close()  # the key is in the context now: no need to keep it on disk
+        return context
+
+    def _write_private(self, name: str, data: bytes) -> str:
+        if self._tmpdir is None:
+            raise KubeAPIError("internal error: no private directory for the client certificate")
+        path = os.path.join(self._tmpdir.name, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return path
+
+    # The one method that performs I/O (replaced in unit tests).
+    def _send(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        """``(status, body, reason)`` for any HTTP answer; connection problems raise ``OSError``/``URLError``."""
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                return response.status, response.read(), str(response.reason or "")
+        except urllib.error.HTTPError as exc:
+            try:
+                body = exc.read() or b""
+            finally:
+                exc.close()
+            return exc.code, body, str(exc.reason or "")
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = JSON_CONTENT) -> dict[str, Any]:
+        """Send one request; the decoded JSON answer, or ``KubeAPIError`` naming the verb and resource."""
+        headers = {"Accept": JSON_CONTENT, "User-Agent": USER_AGENT}
+        if self.credentials.token:
+            headers["Authorization"] = f"Bearer {self.credentials.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = content_type
+        try:
+            status, payload, reason = self._send(method, self.server + path, data, headers)
+        except urllib.error.URLError as exc:
+            raise KubeAPIError(f"cannot reach the apiserver at {self.server}: {exc.reason}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise KubeAPIError(f"cannot reach the apiserver at {self.server}: {exc or type(exc).__name__}") from exc
+        if not 200 <= status < 300:
+            raise error_for_status(method, path, status, payload, reason)
+        if not payload.strip():
+            return {}
+        try:
+            answer = json.loads(payload.decode("utf-8"))
+        except ValueError as exc:
+            raise KubeAPIError(
+                f"cannot {_verb(method, path)} {describe_path(path)}: the apiserver at {self.server} "
+                "did not answer with JSON"
+            ) from exc
+        if not isinstance(answer, dict):
+            raise KubeAPIError(f"cannot {_verb(method, path)} {describe_path(path)}: unexpected answer {answer!r}")
+        return answer
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self.request("GET", path)
+
+    def put(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", path, body)
+
+    def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, body)
+
+    def patch(self, path: str, body: Mapping[str, Any], content_type: str = STRATEGIC_MERGE_PATCH) -> dict[str, Any]:
+        return self.request("PATCH", path, body, content_type)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers built on get/put/patch (they accept any object with those methods)
+# --------------------------------------------------------------------------------------------------
+
+
+def object_path(api: str, namespace: str, resource: str, name: str) -> str:
+    """``/api/v1/namespaces/<ns>/<resource>/<name>`` (``api`` is ``/api/v1`` or ``/apis/<group>/<version>``)."""
+    quote = urllib.parse.quote
+    return f"{api}/namespaces/{quote(namespace, safe='')}/{resource}/{quote(name, safe='')}"
+
+
+def daemonset_path(namespace: str, name: str) -> str:
+    return object_path("/apis/apps/v1", namespace, "daemonsets", name)
+
+
+def update_with_retry(
+    client: Any,
+    path: str,
+    mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+    attempts: int = 5,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GET, ``mutate`` a deep copy, PUT it with the object's ``resourceVersion``; ``(before, after)``.
+
+    A 409 (someone else changed the object in between) starts over from a fresh GET, up to
+    ``attempts`` times. When ``mutate`` returns ``None`` there is nothing to do: no PUT, and ``after``
+    is ``before``.
+    """
+    if attempts < 1:
+        raise KubeAPIError(f"attempts must be at least 1, not {attempts}")
+    last: KubeAPIError | None = None
+    for _attempt in range(attempts):
+        current = client.get(path)
+        candidate = mutate(copy.deepcopy(current))
+        if candidate is None:
+            return current, current
+        version = (current.get("metadata") or {}).get("resourceVersion")
+        if not version:
+            raise KubeAPIError(f"cannot update {describe_path(path)}: the object has no metadata.resourceVersion")
+        candidate.setdefault("metadata", {})["resourceVersion"] = version
+        try:
+            return current, client.put(path, candidate)
+        except KubeAPIError as exc:
+            if exc.status != 409:
+                raise
+            last = exc
+    raise KubeAPIError(
+        f"cannot update {describe_path(path)}: it kept being changed by someone else ({attempts} conflicts); "
+        f"last: {last}",
+        409,
+    )
+
+
+def rfc3339_now() -> str:
+    """The current UTC time as ``2024-05-01T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def rollout_restart(client: Any, namespace: str, name: str, now: str | None = None) -> dict[str, Any]:
+    """What ``kubectl rollout restart daemonset/<name>`` does: a new pod template annotation.
+
+    Returns the patched DaemonSet.
+    """
+    patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now or rfc3339_now()}}}}}
+    return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
+
+
+def update_strategy(daemonset: Mapping[str, Any]) -> str:
+    """``RollingUpdate`` (the default) or ``OnDelete``."""
+    return str(((daemonset.get("spec") or {}).get("updateStrategy") or {}).get("type") or "RollingUpdate")
+
+
+def daemonset_progress(daemonset: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether the DaemonSet's rollout is complete, and a phrase describing where it stands."""
+    generation = int((daemonset.get("metadata") or {}).get("generation") or 0)
+    status = daemonset.get("status") or {}
+    observed = int(status.get("observedGeneration") or 0)
+    desired = int(status.get("desiredNumberScheduled") or 0)
+    updated = int(status.get("updatedNumberScheduled") or 0)
+    available = int(status.get("numberAvailable") or 0)
+    if observed < generation:
+        return False, f"generation {generation} not yet observed by the controller (observed {observed})"
+    done = updated == desired and available == desired
+    return done, f"{updated} of {desired} pods updated, {available} available"
+
+
+def wait_daemonset_rollout(
+    client: Any,
+    namespace: str,
+    name: str,
+    timeout: float,
+    interval: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll until the DaemonSet has rolled out (as ``kubectl rollout status`` decides); the last object.
+
+    An ``OnDelete`` DaemonSet is refused at once: its pods are never replaced by a template change.
+    """
+    path = daemonset_path(namespace, name)
+    deadline = clock() + timeout
+    while True:
+        daemonset = client.get(path)
+        if update_strategy(daemonset) == "OnDelete":
+            raise KubeAPIError(
+                f"DaemonSet {namespace}/{name} uses the OnDelete update strategy: its pods are not replaced "
+                "by a rollout restart; delete them to restart them"
+            )
+        done, progress = daemonset_progress(daemonset)
+        if done:
+            return daemonset
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise KubeAPIError(f"timed out after {timeout:g}s waiting for DaemonSet {namespace}/{name}: {progress}")
+        sleep(min(interval, remaining))

@@ -1,0 +1,471 @@
+# Copyright (c) kubeha.apiserver developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the
+# kubeha.apiserver.kubeproxy_exclude_cidr module and may change in any release without notice.
+
+"""kube-proxy's ``ipvs.excludeCIDRs``: validation, a pure planner, an in-place text edit and the module's run.
+
+kubeadm keeps kube-proxy's configuration as YAML text under the ``config.conf`` key of the
+``kube-system/kube-proxy`` ConfigMap. Only the ``excludeCIDRs`` value under ``ipvs:`` is edited, line by
+line, so every other line of that text stays byte-for-byte as it was; the result is re-parsed and must
+equal the intended configuration. Everything except ``run`` is pure logic.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
+    KubeAPIError,
+    daemonset_path,
+    import_yaml,
+    object_path,
+    rollout_restart,
+    update_strategy,
+    update_with_retry,
+    wait_daemonset_rollout,
+)
+
+KIND = "KubeProxyConfiguration"
+API_GROUP = "kubeproxy.config.k8s.io"
+EXCLUDE_KEY = "excludeCIDRs"
+STATES = ("present", "absent")
+
+_LINE_BREAK = re.compile(r"(\r\n|\n|\r)")
+_IPVS_KEY = re.compile(r"ipvs[ \t]*:(?=[ \t]|$)(?P<value>.*)$")
+_EXCLUDE_KEY = re.compile(EXCLUDE_KEY + r"[ \t]*:(?=[ \t]|$)(?P<value>.*)$")
+_COMMENT = re.compile(r"(?:^|[ \t]+)#.*$")
+_NULLS = ("", "null", "Null", "NULL", "~")
+
+
+class KubeProxyConfigError(Exception):
+    """The one error of this domain; its message is meant for the user as is."""
+
+
+class RestartError(KubeProxyConfigError):
+    """The configuration was written but restarting (or waiting for) kube-proxy failed."""
+
+    def __init__(self, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and validation
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_config(text: Any) -> dict[str, Any]:
+    """The KubeProxyConfiguration in ``text``; ``KubeProxyConfigError`` naming the problem otherwise."""
+    if not isinstance(text, str):
+        raise KubeProxyConfigError(f"the configuration is not text but {type(text).__name__}")
+    yaml = import_yaml()
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeProxyConfigError(f"the configuration is not valid YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        found = "empty" if config is None else f"a {type(config).__name__}"
+        raise KubeProxyConfigError(f"the configuration is {found}, not a {KIND} mapping")
+    kind = config.get("kind")
+    if kind != KIND:
+        raise KubeProxyConfigError(f"the configuration is of kind {kind!r}, not {KIND}")
+    api_version = config.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version.startswith(f"{API_GROUP}/"):
+        raise KubeProxyConfigError(f"the configuration has apiVersion {api_version!r}, not {API_GROUP}/<version>")
+    ipvs = config.get("ipvs")
+    if ipvs is not None and not isinstance(ipvs, dict):
+        raise KubeProxyConfigError(f"ipvs is {ipvs!r}, not a mapping")
+    excludes = (ipvs or {}).get(EXCLUDE_KEY)
+    if excludes is not None and not isinstance(excludes, list):
+        raise KubeProxyConfigError(f"ipvs.{EXCLUDE_KEY} is {excludes!r}, not a list")
+    return config
+
+
+def current_excludes(config: Mapping[str, Any]) -> list[Any]:
+    """``ipvs.excludeCIDRs`` as a list (``[]`` when unset or null)."""
+    ipvs = config.get("ipvs") or {}
+    return list(ipvs.get(EXCLUDE_KEY) or [])
+
+
+def proxy_mode(config: Mapping[str, Any]) -> str:
+    """kube-proxy's ``mode``; ``""`` means the platform default (iptables on Linux)."""
+    mode = config.get("mode")
+    return "" if mode is None else str(mode)
+
+
+def normalize_cidrs(values: Any) -> list[str]:
+    """Canonical CIDRs, in order and without duplicates; a bare address becomes a /32 or /128."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise KubeProxyConfigError(f"cidrs must be a list of addresses or CIDRs, not {values!r}")
+    result: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise KubeProxyConfigError(f"{value!r} is not an IPv4 or IPv6 address or CIDR")
+        text = value.strip()
+        if "%" in text:
+            raise KubeProxyConfigError(f"{text} carries an IPv6 zone index, which excludeCIDRs does not accept")
+        try:
+            if "/" in text:
+                network = ipaddress.ip_network(text, strict=False)
+                if network.network_address != ipaddress.ip_interface(text).ip:
+                    host = ipaddress.ip_interface(text).ip
+                    raise KubeProxyConfigError(
+                        f"{text} has host bits set: write {network} for the network or "
+                        f"{host}/{network.max_prefixlen} for the single address"
+                    )
+            else:
+                network = ipaddress.ip_network(ipaddress.ip_address(text))
+        except ValueError as exc:
+            raise KubeProxyConfigError(f"{text} is not a valid IPv4 or IPv6 address or CIDR") from exc
+        canonical = str(network)
+        if canonical not in result:
+            result.append(canonical)
+    if not result:
+        raise KubeProxyConfigError("cidrs is empty: give at least one address or CIDR")
+    return result
+
+
+def _equivalence_key(value: Any) -> Any:
+    """Entries naming the same network compare equal (``FD00:0::1/128`` == ``fd00::1``); others by text."""
+    text = str(value).strip()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+def plan_exclude(config: Mapping[str, Any], cidrs: Iterable[str], state: str) -> tuple[list[Any], bool]:
+    """The new ``excludeCIDRs`` list and whether it differs from the current one.
+
+    Existing entries keep their spelling and order; ``present`` appends the missing ``cidrs`` and
+    ``absent`` removes the listed ones. Equivalent spellings of a network are equal. Entries are
+    compared as networks, not by containment: a /32 inside an existing /16 is still added.
+    """
+    if state not in STATES:
+        raise KubeProxyConfigError(f"state {state!r} is not one of {', '.join(STATES)}")
+    existing = current_excludes(config)
+    wanted = normalize_cidrs(list(cidrs))
+    have = {_equivalence_key(entry) for entry in existing}
+    if state == "present":
+        missing = [cidr for cidr in wanted if _equivalence_key(cidr) not in have]
+        return existing + missing, bool(missing)
+    unwanted = {_equivalence_key(cidr) for cidr in wanted}
+    kept = [entry for entry in existing if _equivalence_key(entry) not in unwanted]
+    return kept, len(kept) != len(existing)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering: a line-based edit of the ipvs block
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_lines(text: str) -> list[tuple[str, str]]:
+    """``(content, line break)`` pairs; the last line's break is ``""`` when the text does not end with one."""
+    pieces = _LINE_BREAK.split(text)
+    lines = [(pieces[i], pieces[i + 1] if i + 1 < len(pieces) else "") for i in range(0, len(pieces), 2)]
+    if lines and lines[-1] == ("", ""):
+        lines.pop()
+    return lines
+
+
+def _indent(content: str) -> int:
+    return len(content) - len(content.lstrip(" "))
+
+
+def _is_trivia(content: str) -> bool:
+    stripped = content.strip()
+    return not stripped or stripped.startswith("#")
+
+
+def _split_comment(value: str) -> tuple[str, str]:
+    """``(" null", "  # why")`` for the text after a key's colon."""
+    match = _COMMENT.search(value)
+    if match is None:
+        return value.strip(), ""
+    return value[: match.start()].strip(), value[match.start() :]
+
+
+def _scalar(value: Any) -> str:
+    """A plain YAML scalar when it reads back as the same string, else a double-quoted one."""
+    text = str(value)
+    yaml = import_yaml()
+    try:
+        if yaml.safe_load(f"- {text}") == [text]:
+            return text
+    except yaml.YAMLError:
+        pass
+    return json.dumps(text)
+
+
+def _exclude_lines(indent: int, item_indent: int, values: list[Any], comment: str) -> list[str]:
+    pad = " " * indent
+    if not values:
+        return [f"{pad}{EXCLUDE_KEY}: null{comment}"]
+    return [f"{pad}{EXCLUDE_KEY}:{comment}"] + [f"{' ' * item_indent}- {_scalar(v)}" for v in values]
+
+
+def _splice(lines: list[tuple[str, str]], start: int, end: int, new: list[str], eol: str) -> str:
+    """Replace lines ``start``..``end - 1`` with ``new``; the last new line keeps the break of line ``end - 1``."""
+    last_break = lines[end - 1][1] if end > start else eol
+    replacement = [(content, eol) for content in new[:-1]] + [(new[-1], last_break)]
+    edited = lines[:start] + replacement + lines[end:]
+    return "".join(content + brk for content, brk in edited)
+
+
+def _edit(text: str, new_excludes: list[Any]) -> str:
+    lines = _split_lines(text)
+    eol = next((brk for _content, brk in lines if brk), "\n")
+    tops = [i for i, (content, _brk) in enumerate(lines) if _IPVS_KEY.match(content)]
+    if len(tops) > 1:
+        raise KubeProxyConfigError("the configuration has more than one top-level ipvs key")
+
+    if not tops:
+        if not new_excludes:
+            return text
+        block = ["ipvs:", *_exclude_lines(2, 2, new_excludes, "")]
+        if not lines:
+            return eol.join(block) + eol
+        # After the last line, keeping the text's own convention for a final line break.
+        return _splice(lines, len(lines) - 1, len(lines), [lines[-1][0], *block], eol)
+
+    top = tops[0]
+    match = _IPVS_KEY.match(lines[top][0])
+    inline, comment = _split_comment(match.group("value") if match else "")
+    if inline not in _NULLS and inline != "{}":
+        raise KubeProxyConfigError(
+            f"ipvs is written inline ({inline}), which cannot be edited line by line: write it as a block mapping"
+        )
+    end = top + 1
+    while end < len(lines) and (_is_trivia(lines[end][0]) or _indent(lines[end][0]) > 0):
+        end += 1
+    children = [i for i in range(top + 1, end) if not _is_trivia(lines[i][0])]
+
+    if inline or not children:  # "ipvs: null", "ipvs: {}" or a bare "ipvs:" with nothing under it
+        if not new_excludes:
+            return text
+        return _splice(lines, top, top + 1, [f"ipvs:{comment}", *_exclude_lines(2, 2, new_excludes, "")], eol)
+
+    child_indent = _indent(lines[children[0]][0])
+    key_line = next(
+        (
+            i
+            for i in children
+            if _indent(lines[i][0]) == child_indent and _EXCLUDE_KEY.match(lines[i][0][child_indent:])
+        ),
+        None,
+    )
+    if key_line is None:
+        if not new_excludes:
+            return text
+        # kubeadm sorts the keys, and excludeCIDRs sorts first among ipvs's keys.
+        new = [lines[top][0], *_exclude_lines(child_indent, child_indent, new_excludes, "")]
+        return _splice(lines, top, top + 1, new, eol)
+
+    key_match = _EXCLUDE_KEY.match(lines[key_line][0][child_indent:])
+    value, comment = _split_comment(key_match.group("value") if key_match else "")
+    stop = key_line + 1
+    item_indent = child_indent
+    if not value:  # a block sequence follows (possibly empty, which YAML reads as null)
+        seen_item = False
+        while stop < end:
+            content = lines[stop][0]
+            if not _is_trivia(content):
+                indent = _indent(content)
+                is_item = content[indent:].startswith("-") and content[indent + 1 : indent + 2] in ("", " ")
+                if not (indent > child_indent or (indent == child_indent and is_item)):
+                    break
+                if is_item and not seen_item:
+                    item_indent, seen_item = indent, True
+            stop += 1
+        while stop - 1 > key_line and _is_trivia(lines[stop - 1][0]):
+            stop -= 1  # comments and blank lines after the list stay
+    return _splice(lines, key_line, stop, _exclude_lines(child_indent, item_indent, new_excludes, comment), eol)
+
+
+def render_config(original_text: str, config: Mapping[str, Any], new_excludes: list[Any]) -> str:
+    """``original_text`` with only ``ipvs.excludeCIDRs`` set to ``new_excludes`` (``null`` when empty).
+
+    Every other line is kept byte-for-byte. The result is re-parsed and must equal ``config`` with the
+    new list, or ``KubeProxyConfigError`` is raised and nothing should be written.
+    """
+    new_text = _edit(original_text, list(new_excludes))
+    expected = copy.deepcopy(dict(config))
+    if new_excludes or EXCLUDE_KEY in (expected.get("ipvs") or {}):
+        ipvs = dict(expected.get("ipvs") or {})
+        ipvs[EXCLUDE_KEY] = list(new_excludes) or None
+        expected["ipvs"] = ipvs
+    try:
+        reparsed = parse_config(new_text)
+    except KubeProxyConfigError as exc:
+        raise KubeProxyConfigError(f"editing ipvs.{EXCLUDE_KEY} in place produced an invalid text: {exc}") from exc
+    if reparsed != expected:
+        raise KubeProxyConfigError(
+            f"editing ipvs.{EXCLUDE_KEY} in place did not give the intended configuration; the text is laid out "
+            "in a way this module does not handle: set the value by hand"
+        )
+    return new_text
+
+
+# --------------------------------------------------------------------------------------------------
+# The module's whole run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    changed: bool
+    exclude_cidrs: list[Any]
+    mode: str
+    restarted: bool
+    diff: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mode_is_ipvs(self) -> bool:
+        return self.mode == "ipvs"
+
+    def result(self) -> dict[str, Any]:
+        """The module's return values (without ``diff`` and ``warnings``)."""
+        return {
+            "changed": self.changed,
+            "exclude_cidrs": list(self.exclude_cidrs),
+            "mode": self.mode,
+            "mode_is_ipvs": self.mode_is_ipvs,
+            "restarted": self.restarted,
+        }
+
+
+@dataclass
+class _Seen:
+    """What the last ``mutate`` call found and computed (``update_with_retry`` may call it again)."""
+
+    before: str = ""
+    after: str = ""
+    excludes: list[Any] = field(default_factory=list)
+    mode: str = ""
+    changed: bool = False
+
+
+def mode_warning(mode: str, where: str) -> str | None:
+    if mode == "ipvs":
+        return None
+    what = f"mode {mode!r}" if mode else "the default mode (iptables on Linux)"
+    return f"kube-proxy runs in {what} according to {where}, not ipvs: excludeCIDRs is harmless there but not needed"
+
+
+def run(params: Mapping[str, Any], client_factory: Callable[[], Any], check_mode: bool) -> Outcome:
+    """Validate, read the ConfigMap, plan, write it back (unless ``check_mode``) and optionally restart.
+
+    ``client_factory()`` returns an object with ``get``, ``put`` and ``patch`` (a ``KubeClient``);
+    ``close()`` is called on it at the end when it has one. The CIDRs are validated before it is called.
+    """
+    cidrs = normalize_cidrs(params.get("cidrs"))
+    state = params.get("state") or "present"
+    if state not in STATES:
+        raise KubeProxyConfigError(f"state {state!r} is not one of {', '.join(STATES)}")
+    namespace = params.get("namespace") or "kube-system"
+    name = params.get("configmap") or "kube-proxy"
+    key = params.get("key") or "config.conf"
+    daemonset = params.get("daemonset") or "kube-proxy"
+    restart = bool(params.get("restart"))
+    wait = bool(params.get("wait"))
+    wait_timeout = params.get("wait_timeout")
+    wait_timeout = 300 if wait_timeout is None else int(wait_timeout)
+    where = f"ConfigMap {namespace}/{name}, key {key}"
+    path = object_path("/api/v1", namespace, "configmaps", name)
+    seen = _Seen()
+
+    def mutate(obj: dict[str, Any]) -> dict[str, Any] | None:
+        data = obj.get("data") or {}
+        if key not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            raise KubeProxyConfigError(f"ConfigMap {namespace}/{name} has no key {key!r} (keys: {keys})")
+        text = data[key]
+        try:
+            config = parse_config(text)
+            new_excludes, changed = plan_exclude(config, cidrs, state)
+            new_text = render_config(text, config, new_excludes) if changed else text
+        except KubeProxyConfigError as exc:
+            raise KubeProxyConfigError(f"{where}: {exc}") from exc
+        seen.before, seen.after, seen.excludes = text, new_text, new_excludes
+        seen.mode, seen.changed = proxy_mode(config), changed
+        if not changed:
+            return None
+        obj["data"][key] = new_text
+        return obj
+
+    client = client_factory()
+    try:
+        if restart:
+            try:
+                client.get(daemonset_path(namespace, daemonset))  # fail before writing anything
+            except KubeAPIError as exc:
+                raise _daemonset_error(exc, namespace, daemonset) from exc
+        try:
+            if check_mode:
+                mutate(copy.deepcopy(client.get(path)))
+            else:
+                update_with_retry(client, path, mutate)
+        except KubeAPIError as exc:
+            raise _configmap_error(exc, namespace, name, cidrs) from exc
+
+        warnings = [w for w in [mode_warning(seen.mode, where)] if w]
+        diff = {"before": seen.before, "after": seen.after, "before_header": where, "after_header": where}
+        restarted = seen.changed and restart
+        outcome = Outcome(seen.changed, seen.excludes, seen.mode, restarted, diff, warnings)
+        if not restarted or check_mode:
+            return outcome
+        try:
+            patched = rollout_restart(client, namespace, daemonset)
+            if update_strategy(patched) == "OnDelete" and not wait:
+                warnings.append(
+                    f"DaemonSet {namespace}/{daemonset} uses the OnDelete update strategy: its pods are not "
+                    "replaced by the restart; delete them for kube-proxy to read the new configuration"
+                )
+            if wait:
+                wait_daemonset_rollout(client, namespace, daemonset, wait_timeout)
+        except KubeAPIError as exc:
+            done = Outcome(seen.changed, seen.excludes, seen.mode, False, diff, warnings)
+            raise RestartError(f"{where} was updated, but restarting kube-proxy failed: {exc}", done) from exc
+        return outcome
+    finally:
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()
+
+
+def _daemonset_error(exc: KubeAPIError, namespace: str, daemonset: str) -> KubeAPIError:
+    """A missing DaemonSet explained; any other error as it is."""
+    if exc.status != 404:
+        return exc
+    return KubeAPIError(
+        f"DaemonSet {namespace}/{daemonset} was not found, so kube-proxy cannot be restarted through it "
+        f"({exc}): name kube-proxy's DaemonSet in daemonset, or set restart to false and restart kube-proxy "
+        "by other means; nothing was changed",
+        404,
+    )
+
+
+def _configmap_error(exc: KubeAPIError, namespace: str, name: str, cidrs: list[str]) -> KubeAPIError:
+    """A missing ConfigMap explained (kube-proxy not managed by kubeadm); any other error as it is."""
+    if exc.status != 404:
+        return exc
+    return KubeAPIError(
+        f"ConfigMap {namespace}/{name} was not found ({exc}): kube-proxy does not seem to be managed by kubeadm "
+        "on this cluster. Set excludeCIDRs in kube-proxy's own configuration file (ipvs: excludeCIDRs: [...]) "
+        f"or with its flag --ipvs-exclude-cidrs={','.join(cidrs)}",
+        404,
+    )

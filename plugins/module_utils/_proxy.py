@@ -1,0 +1,594 @@
+# Copyright (c) kubeha.apiserver developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the node-side guard
+# (module_utils/_guard.py) and the kubeha.apiserver.apiserver_proxy module, and may change in any
+# release without notice.
+
+"""Deciding which kube-apiservers a node may use: probing, hysteresis, weights and haproxy's configuration.
+
+A backend is probed with ``GET /readyz`` over HTTPS, verified against the cluster CA (and with a client
+certificate when one is configured, so probing works with ``--anonymous-auth=false``), under one hard
+deadline. ``HealthTracker`` turns probe results into up/down states with rise/fall hysteresis, except that
+a refused connection takes a backend down at once: nothing listens there any more. ``desired_weights``
+and ``desired_service`` turn the states into the IPVS virtual server of ``_ipvs``; ``render_haproxy``
+writes the equivalent haproxy configuration where IPVS is missing.
+
+Only the standard library is used, and nothing here imports ``ansible``: the guard runs these files on
+nodes as plain Python.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import RealServer, Service, format_endpoint
+
+UP = "up"
+DOWN = "down"
+UNKNOWN = "unknown"
+STATES = (UP, DOWN, UNKNOWN)
+
+USER_AGENT = "kubeha-apiserver-guard"
+READY_BODY = b"ok"
+MAX_BODY = 4096  # /readyz answers "ok"; a failing one lists its checks, a few hundred bytes
+LOCAL_WEIGHT = 2  # a master's own apiserver, with prefer_local: above the others' weight 1
+DEFAULT_STATS_SOCKET = "/run/kubeha-apiserver/haproxy.sock"
+
+
+class ProxyError(Exception):
+    """The one error of this domain; its message is meant for the user as is."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends and probe results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One kube-apiserver endpoint; the address is canonical (``fd00::0011`` -> ``fd00::11``)."""
+
+    address: str
+    port: int
+
+    def __post_init__(self) -> None:
+        try:
+            canonical = str(ipaddress.ip_address(self.address))
+        except ValueError as exc:
+            raise ProxyError(f"backend address {self.address!r} is not an IPv4 or IPv6 address") from exc
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ProxyError(f"backend port {self.port!r} of {self.address} is not a port number 1..65535")
+        object.__setattr__(self, "address", canonical)
+
+    @property
+    def endpoint(self) -> str:
+        """``10.0.0.11:6443`` or ``[fd00::11]:6443``."""
+        return format_endpoint(self.address, self.port)
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.address).version
+
+    def sort_key(self) -> tuple[int, int, int]:
+        ip = ipaddress.ip_address(self.address)
+        return (ip.version, int(ip), self.port)
+
+    def __str__(self) -> str:
+        return self.endpoint
+
+
+def sort_backends(backends: Iterable[Backend]) -> list[Backend]:
+    """IPv4 first, then numerically: the order of every listing and rendering."""
+    return sorted(set(backends), key=Backend.sort_key)
+
+
+def parse_endpoint(text: str) -> Backend:
+    """``10.0.0.11:6443`` or ``[fd00::11]:6443`` as a ``Backend``; ``ProxyError`` naming the text otherwise."""
+    if not isinstance(text, str):
+        raise ProxyError(f"{text!r} is not ADDRESS:PORT")
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ProxyError(f"{text!r} is not ADDRESS:PORT (an IPv6 address as [ADDRESS]:PORT)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ProxyError(f"{text!r}: only IPv6 addresses are written in brackets")
+    elif ":" in host:
+        raise ProxyError(f"{text!r}: write an IPv6 address in brackets, as [ADDRESS]:PORT")
+    return Backend(host, int(port))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe of one backend. ``refused`` marks a refused TCP connect: the apiserver process is gone."""
+
+    backend: Backend
+    ok: bool
+    latency_s: float
+    error: str = ""
+    refused: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Probing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How to probe: the cluster CA, an optional client certificate and key, a hard timeout, the path."""
+
+    ca_file: str
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    timeout_s: float = 1.0
+    path: str = "/readyz"
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.ca_file, self.client_cert_file, self.client_key_file) if f)
+
+
+def _stamp(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+    """What identifies the files' content without reading them: (path, mtime, size) each."""
+    stamp = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            stamp.append((path, -1, -1))
+        else:
+            stamp.append((path, info.st_mtime_ns, info.st_size))
+    return tuple(stamp)
+
+
+def _no_password() -> bytes:
+    raise ProxyError("the client key is encrypted, which is not supported")
+
+
+def build_ssl_context(settings: ProbeSettings) -> ssl.SSLContext:
+    """A client context trusting only the cluster CA, checking the apiserver's IP SANs, with the client cert."""
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except FileNotFoundError as exc:
+        raise ProxyError(f"cannot read the CA file {settings.ca_file}: {exc.strerror}") from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise ProxyError(f"the CA file {settings.ca_file} is not a valid PEM certificate: {exc}") from exc
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    if settings.client_cert_file:
+        try:
+            context.load_cert_chain(settings.client_cert_file, settings.client_key_file, password=_no_password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ProxyError(
+                f"cannot load the client certificate {settings.client_cert_file} and key "
+                f"{settings.client_key_file or settings.client_cert_file}: {exc}"
+            ) from exc
+    return context
+
+
+class _ContextCache:
+    """One SSL context per settings, rebuilt only when a file changes (kubelet rotates its certificate)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[ProbeSettings, tuple[tuple[tuple[str, int, int], ...], ssl.SSLContext]] = {}
+
+    def get(self, settings: ProbeSettings) -> ssl.SSLContext:
+        stamp = _stamp(settings.files())
+        with self._lock:
+            entry = self._entries.get(settings)
+            if entry is not None and entry[0] == stamp:
+                return entry[1]
+        context = build_ssl_context(settings)
+        with self._lock:
+            self._entries[settings] = (stamp, context)
+        return context
+
+
+_CONTEXTS = _ContextCache()
+
+
+def ssl_context(settings: ProbeSettings) -> ssl.SSLContext:
+    """The cached context for ``settings`` (``ProxyError`` when the files cannot be loaded)."""
+    return _CONTEXTS.get(settings)
+
+
+def _readyz_failure(status: int, body: bytes) -> str:
+    """``HTTP 500: [-]etcd failed: reason withheld``: the status and the first failing check, if any."""
+    text = body.decode("utf-8", "replace")
+    failed = next((line.strip() for line in text.splitlines() if line.startswith("[-]")), "")
+    if failed:
+        return f"HTTP {status}: {failed}"
+    first = text.strip().splitlines()[0][:120] if text.strip() else ""
+    if status == 200:
+        return f"HTTP 200 with an unexpected body {first!r}"
+    return f"HTTP {status}: {first}" if first else f"HTTP {status}"
+
+
+def _ssl_error_message(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message or exc.reason or exc}"
+    return f"TLS error: {exc.reason or exc}"
+
+
+def probe(backend: Backend, settings: ProbeSettings, context: ssl.SSLContext | None = None) -> ProbeResult:
+    """``GET <path>`` on ``backend``; ok only for status 200 with the body ``ok``. Never raises.
+
+    One deadline bounds the whole probe: the connect, the TLS handshake, sending the request and reading
+    the answer each get only the time left.
+    """
+    start = time.monotonic()
+    deadline = start + settings.timeout_s
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        return left
+
+    def result(ok: bool, error: str = "", refused: bool = False) -> ProbeResult:
+        return ProbeResult(backend, ok, time.monotonic() - start, error, refused)
+
+    try:
+        context = context or ssl_context(settings)
+    except ProxyError as exc:
+        return result(False, str(exc))
+
+    sock: socket.socket | None = None
+    try:
+        sock = socket.create_connection((backend.address, backend.port), timeout=remaining())
+        sock.settimeout(remaining())
+        sock = context.wrap_socket(sock, server_hostname=backend.address)
+        connection = http.client.HTTPSConnection(
+            backend.address, backend.port, timeout=settings.timeout_s, context=context
+        )
+        connection.sock = sock  # already connected and verified: request() does not connect again
+        sock.settimeout(remaining())
+        connection.request("GET", settings.path, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"})
+        sock.settimeout(remaining())
+        response = connection.getresponse()
+        sock.settimeout(remaining())
+        body = response.read(MAX_BODY)
+    except ConnectionRefusedError:
+        return result(False, "connection refused", refused=True)
+    except TimeoutError:
+        return result(False, f"timed out after {settings.timeout_s:g}s")
+    except ssl.SSLError as exc:
+        return result(False, _ssl_error_message(exc))
+    except http.client.HTTPException as exc:
+        return result(False, f"bad HTTP answer: {exc or type(exc).__name__}")
+    except OSError as exc:
+        return result(False, exc.strerror or str(exc) or type(exc).__name__)
+    else:
+        if response.status == 200 and body.strip() == READY_BODY:
+            return result(True)
+        return result(False, _readyz_failure(response.status, body))
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def probe_all(
+    backends: Iterable[Backend],
+    settings: ProbeSettings,
+    max_workers: int = 8,
+    executor: Executor | None = None,
+) -> dict[Backend, ProbeResult]:
+    """Probe every backend concurrently; each probe is bounded by ``settings.timeout_s``.
+
+    Pass a long-lived ``executor`` to keep its threads between rounds (the guard does); without one, a
+    pool is made for this call.
+    """
+    targets = sort_backends(backends)
+    if not targets:
+        return {}
+    try:
+        context = ssl_context(settings)
+    except ProxyError as exc:
+        return {b: ProbeResult(b, False, 0.0, str(exc)) for b in targets}
+    pool = executor or ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets))))
+    try:
+        futures = {b: pool.submit(probe, b, settings, context) for b in targets}
+        return {b: future.result() for b, future in futures.items()}
+    finally:
+        if executor is None:
+            pool.shutdown(wait=False)
+
+
+def tcp_check(backend: Backend, timeout_s: float) -> ProbeResult:
+    """A bare TCP connect, closed at once with a reset (no TIME_WAIT left on the node). Never raises.
+
+    It only tells "something listens" from "connection refused"; the TLS probe decides readiness.
+    """
+    start = time.monotonic()
+    try:
+        sock = socket.create_connection((backend.address, backend.port), timeout=timeout_s)
+    except ConnectionRefusedError:
+        return ProbeResult(backend, False, time.monotonic() - start, "connection refused", refused=True)
+    except TimeoutError:
+        return ProbeResult(backend, False, time.monotonic() - start, f"connect timed out after {timeout_s:g}s")
+    except OSError as exc:
+        return ProbeResult(backend, False, time.monotonic() - start, exc.strerror or str(exc))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return ProbeResult(backend, True, time.monotonic() - start)
+
+
+# --------------------------------------------------------------------------------------------------
+# Health with hysteresis
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A backend changed state; ``reason`` completes ``backend 10.0.0.12:6443 up -> down: <reason>``."""
+
+    backend: Backend
+    old: str
+    new: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"backend {self.backend} {self.old} -> {self.new}: {self.reason}"
+
+
+class HealthTracker:
+    """Per-backend up/down state with hysteresis.
+
+    A backend never seen before is decided by its first probe (ok: up, failed: down). ``fall`` failures
+    in a row take an up backend down, except a refused connection, which does at once; ``rise``
+    successes in a row bring a down backend back. ``initial`` seeds states, e.g. from the last-good
+    state file, so that a restart does not forget what was known.
+    """
+
+    def __init__(self, rise: int, fall: int, initial: Mapping[Backend, str] | None = None) -> None:
+        self.rise = 1
+        self.fall = 1
+        self.reconfigure(rise, fall)
+        self._state: dict[Backend, str] = {}
+        self._successes: dict[Backend, int] = {}
+        self._failures: dict[Backend, int] = {}
+        for backend, state in (initial or {}).items():
+            if state in (UP, DOWN):
+                self._state[backend] = state
+
+    def reconfigure(self, rise: int, fall: int) -> None:
+        if isinstance(rise, bool) or not isinstance(rise, int) or rise < 1:
+            raise ProxyError(f"rise {rise!r} is not a positive integer")
+        if isinstance(fall, bool) or not isinstance(fall, int) or fall < 1:
+            raise ProxyError(f"fall {fall!r} is not a positive integer")
+        self.rise = rise
+        self.fall = fall
+
+    def state(self, backend: Backend) -> str:
+        return self._state.get(backend, UNKNOWN)
+
+    def health(self) -> dict[Backend, str]:
+        return dict(self._state)
+
+    def retain(self, backends: Iterable[Backend]) -> None:
+        """Forget every backend not in ``backends`` (it left the set)."""
+        keep = set(backends)
+        for table in (self._state, self._successes, self._failures):
+            for backend in [b for b in table if b not in keep]:
+                del table[backend]
+
+    def observe(self, results: Mapping[Backend, ProbeResult] | Iterable[ProbeResult]) -> list[Transition]:
+        """Account for probe results; the transitions they cause, in backend order."""
+        items = list(results.values()) if isinstance(results, Mapping) else list(results)
+        transitions: list[Transition] = []
+        for res in sorted(items, key=lambda r: r.backend.sort_key()):
+            transition = self._observe_one(res)
+            if transition is not None:
+                transitions.append(transition)
+        return transitions
+
+    def _observe_one(self, res: ProbeResult) -> Transition | None:
+        backend = res.backend
+        old = self.state(backend)
+        if res.ok:
+            self._failures[backend] = 0
+            self._successes[backend] = self._successes.get(backend, 0) + 1
+            if old == UNKNOWN:
+                return self._move(backend, old, UP, "ready")
+            if old == DOWN and self._successes[backend] >= self.rise:
+                return self._move(backend, old, UP, f"ready ({self._successes[backend]} successful probes in a row)")
+            return None
+        self._successes[backend] = 0
+        self._failures[backend] = self._failures.get(backend, 0) + 1
+        error = res.error or "probe failed"
+        if old == UNKNOWN:
+            return self._move(backend, old, DOWN, error)
+        if old == UP and (res.refused or self._failures[backend] >= self.fall):
+            reason = error if res.refused else f"{error} ({self._failures[backend]} failed probes in a row)"
+            return self._move(backend, old, DOWN, reason)
+        return None
+
+    def _move(self, backend: Backend, old: str, new: str, reason: str) -> Transition:
+        self._state[backend] = new
+        self._successes[backend] = 0
+        self._failures[backend] = 0
+        return Transition(backend, old, new, reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights and the IPVS virtual server
+# --------------------------------------------------------------------------------------------------
+
+
+def _canonical_set(addresses: Iterable[str]) -> set[str]:
+    result = set()
+    for address in addresses:
+        try:
+            result.add(str(ipaddress.ip_address(address)))
+        except ValueError:
+            continue
+    return result
+
+
+def has_local_backend(backends: Iterable[Backend], local_addresses: Iterable[str]) -> bool:
+    local = _canonical_set(local_addresses)
+    return any(b.address in local for b in backends)
+
+
+def scheduler_for(prefer_local: bool, has_local: bool) -> str:
+    """``fo`` (weighted failover: new connections go to the highest-weight available server) on a master
+    that prefers its own apiserver; ``rr`` everywhere else."""
+    return "fo" if prefer_local and has_local else "rr"
+
+
+def desired_weights(
+    backends: Iterable[Backend],
+    health: Mapping[Backend, str],
+    local_addresses: Iterable[str],
+    prefer_local: bool,
+) -> tuple[dict[Backend, int], bool]:
+    """The weight of each backend, and whether the set fails open.
+
+    Up: 1 (the local apiserver 2 with ``prefer_local``); down or not yet known: 0. When no backend is
+    up, all are kept at weight 1 (``fail_open``): a wrong verdict, e.g. a broken CA file, must not
+    black-hole the node, and there is no better place to send a connection anyway.
+    """
+    targets = sort_backends(backends)
+    local = _canonical_set(local_addresses)
+    up = [b for b in targets if health.get(b) == UP]
+    if not up:
+        return {b: 1 for b in targets}, bool(targets)
+    weights = {}
+    for backend in targets:
+        if health.get(backend) != UP:
+            weights[backend] = 0
+        elif prefer_local and backend.address in local:
+            weights[backend] = LOCAL_WEIGHT
+        else:
+            weights[backend] = 1
+    return weights, False
+
+
+def desired_service(vip: str, port: int, weights: Mapping[Backend, int], scheduler: str) -> Service:
+    """The IPVS virtual server ``vip:port`` (TCP, NAT) with the backends of the VIP's address family."""
+    version = ipaddress.ip_address(vip).version
+    real_servers = tuple(
+        RealServer(b.address, b.port, weight, "masquerade") for b, weight in weights.items() if b.version == version
+    )
+    return Service(address=vip, port=port, protocol="tcp", scheduler=scheduler, real_servers=real_servers)
+
+
+# --------------------------------------------------------------------------------------------------
+# haproxy
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HaproxySettings:
+    """What ``render_haproxy`` needs. ``client_pem_file`` holds the client certificate and key together."""
+
+    vips: tuple[str, ...]
+    port: int
+    ca_file: str
+    client_pem_file: str | None = None
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    rise: int = 2
+    fall: int = 2
+    stats_socket: str = DEFAULT_STATS_SOCKET
+    path: str = "/readyz"
+
+
+def haproxy_duration(seconds: float) -> str:
+    """``1s``, ``500ms``: haproxy's time format, in whole milliseconds (at least 1)."""
+    millis = max(1, round(seconds * 1000))
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def haproxy_address(address: str, port: int) -> str:
+    """``ipv4@10.0.0.11:6443`` / ``ipv6@fd00::11:6443``: haproxy takes the last colon as the port separator."""
+    ip = ipaddress.ip_address(address)
+    return f"ipv{ip.version}@{ip}:{port}"
+
+
+def render_haproxy(
+    cfg: HaproxySettings,
+    backends: Iterable[Backend],
+    local_addresses: Iterable[str],
+    prefer_local: bool,
+) -> str:
+    """haproxy (2.6) TCP-mode configuration: the VIPs in front, every backend checked on ``/readyz``.
+
+    The same inputs always render the same bytes, so an unchanged set never causes a reload. haproxy does
+    its own health checks here: ``on-marked-down shutdown-sessions`` closes the connections of a failed
+    backend. On a master with ``prefer_local`` the other apiservers are backups of the local one.
+    """
+    targets = sort_backends(backends)
+    local = _canonical_set(local_addresses)
+    prefer = prefer_local and any(b.address in local for b in targets)
+    inter = haproxy_duration(cfg.interval_s)
+    check = [
+        f"inter {inter}",
+        f"fastinter {haproxy_duration(cfg.interval_s / 2)}",
+        f"downinter {inter}",
+        f"fall {cfg.fall}",
+        f"rise {cfg.rise}",
+        "check",
+        "check-ssl",
+        "verify required",
+        f"ca-file {cfg.ca_file}",
+    ]
+    if cfg.client_pem_file:
+        check.append(f"crt {cfg.client_pem_file}")
+    check += ["on-marked-down shutdown-sessions", "on-marked-up shutdown-backup-sessions"]
+
+    lines = [
+        "# Written by the kubeha.apiserver guard: do not edit, it is rewritten when the apiservers change.",
+        "global",
+        "    log stderr format raw local0 notice",
+        f"    stats socket {cfg.stats_socket} mode 600 level admin expose-fd listeners",
+        # a reload leaves the old process serving its connections (watches): end them after 5 minutes,
+        # which client-go's watch timeouts (5 to 10 minutes) would do anyway
+        "    hard-stop-after 5m",
+        "",
+        "defaults",
+        "    mode tcp",
+        "    log global",
+        "    timeout connect 1s",
+        "    timeout client 24h",
+        "    timeout server 24h",
+        f"    timeout check {haproxy_duration(cfg.timeout_s)}",
+        "",
+        "frontend kubeha_apiserver",
+    ]
+    vips = sorted({str(ipaddress.ip_address(v)) for v in cfg.vips}, key=lambda v: Backend(v, cfg.port).sort_key())
+    lines += [f"    bind {haproxy_address(vip, cfg.port)}" for vip in vips]
+    lines += [
+        "    default_backend kube_apiservers",
+        "",
+        "backend kube_apiservers",
+        "    balance roundrobin",
+        f"    option httpchk GET {cfg.path}",
+        # the whole body must be "ok": a failing /readyz (HTTP 500) also lists "[+]ping ok" lines
+        "    http-check expect rstring ^ok$",
+    ]
+    if prefer:
+        lines.append("    option allbackups")
+    lines.append("    default-server " + " ".join(check))
+    for backend in targets:
+        backup = " backup" if prefer and backend.address not in local else ""
+        lines.append(
+            f"    server {backend.address}_{backend.port} {haproxy_address(backend.address, backend.port)}{backup}"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,222 @@
+#!/usr/bin/python
+# Copyright (c) kubeha.apiserver developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: kubeproxy_exclude_cidr
+short_description: Keep addresses in kube-proxy's ipvs.excludeCIDRs in the kubeadm ConfigMap
+description:
+  - kube-proxy in IPVS mode deletes the IPVS virtual servers it does not own unless their address is inside
+    one of its C(ipvs.excludeCIDRs). This module adds addresses or CIDRs to that list (or removes them) in
+    the KubeProxyConfiguration that kubeadm keeps under the C(config.conf) key of the
+    C(kube-system/kube-proxy) ConfigMap.
+  - Only the C(excludeCIDRs) value under C(ipvs:) is rewritten; every other line of the configuration text
+    is kept byte-for-byte. The edited text is parsed again and must equal the intended configuration,
+    otherwise nothing is written.
+  - The ConfigMap is updated with its C(resourceVersion) (optimistic concurrency) and the update is retried
+    from a fresh read when someone else changed it in between.
+  - Existing entries are kept in their order and spelling; new ones are appended in canonical form. Entries
+    are compared as networks, so V(fd00::1/128) and V(FD00:0:0::1/128) are the same entry, but an address
+    inside a wider listed CIDR is still added as its own entry.
+  - Talks to the apiserver with the Python standard library and PyYAML, using the credentials of a
+    kubeconfig file (a client certificate or a bearer token).
+author:
+  - kubeha.apiserver developers (!UNKNOWN)
+requirements:
+  - PyYAML
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    support: full
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: linux
+notes:
+  - Runs on a control-plane node, where O(kubeconfig) exists; reading it usually needs C(become).
+  - On a cluster whose kube-proxy is not managed by kubeadm (no C(kube-system/kube-proxy) ConfigMap) the
+    module fails without changing anything; excludeCIDRs must then be set in kube-proxy's own configuration
+    file or with its C(--ipvs-exclude-cidrs) flag.
+  - The list is harmless when kube-proxy does not run in IPVS mode; the module then warns that it is not needed.
+  - kube-proxy reads its configuration when it starts. With O(restart), its DaemonSet is restarted like
+    C(kubectl rollout restart) does, and only when this task changed the ConfigMap.
+  - Proxy variables of the environment (C(HTTPS_PROXY)) are ignored; the apiserver is reached directly.
+    Kubeconfig credential plugins (C(exec), C(auth-provider)), C(proxy-url) and C(tls-server-name) are not
+    supported.
+options:
+  cidrs:
+    description:
+      - IPv4 or IPv6 addresses or CIDRs, which may be mixed (dual-stack). A bare address stands for a
+        V(/32) or V(/128).
+      - A CIDR with host bits set, such as V(10.0.0.1/24), is refused. All values are checked before the
+        apiserver is contacted.
+    type: list
+    elements: str
+    required: true
+  state:
+    description:
+      - V(present) adds the missing O(cidrs) at the end of the list; V(absent) removes them. Other entries
+        are left alone. When the list becomes empty it is written as V(null), as kubeadm writes it.
+    type: str
+    choices: [present, absent]
+    default: present
+  kubeconfig:
+    description:
+      - Kubeconfig file whose current context is used. Certificates, keys and token files may be inline
+        (C(*-data)) or file paths, relative to the kubeconfig's directory.
+    type: path
+    default: /etc/kubernetes/admin.conf
+  namespace:
+    description:
+      - Namespace of the ConfigMap and of the DaemonSet.
+    type: str
+    default: kube-system
+  configmap:
+    description:
+      - Name of the ConfigMap that holds kube-proxy's configuration.
+    type: str
+    default: kube-proxy
+  key:
+    description:
+      - Key of the ConfigMap whose value is the KubeProxyConfiguration text.
+    type: str
+    default: config.conf
+  restart:
+    description:
+      - When the ConfigMap was changed (and not in check mode), restart kube-proxy's DaemonSet the way
+        C(kubectl rollout restart) does, by setting the C(kubectl.kubernetes.io/restartedAt) annotation of
+        its pod template.
+      - The DaemonSet must exist; this is checked before anything is written.
+    type: bool
+    default: false
+  daemonset:
+    description:
+      - Name of kube-proxy's DaemonSet, for O(restart).
+    type: str
+    default: kube-proxy
+  wait:
+    description:
+      - With O(restart), wait until the DaemonSet has rolled out, that is all its pods are updated and
+        available.
+    type: bool
+    default: false
+  wait_timeout:
+    description:
+      - How many seconds to wait for the rollout with O(wait).
+    type: int
+    default: 300
+"""
+
+EXAMPLES = r"""
+- name: Keep kube-proxy away from the node-local apiserver addresses
+  kubeha.apiserver.kubeproxy_exclude_cidr:
+    cidrs:
+      - 169.254.100.1
+      - fd00:100::1
+  become: true
+  run_once: true
+
+- name: Same, and restart kube-proxy now, waiting for it to be back everywhere
+  kubeha.apiserver.kubeproxy_exclude_cidr:
+    cidrs: [169.254.100.1/32, fd00:100::1/128]
+    restart: true
+    wait: true
+    wait_timeout: 600
+  become: true
+  run_once: true
+
+- name: Remove the addresses again
+  kubeha.apiserver.kubeproxy_exclude_cidr:
+    cidrs: [169.254.100.1, fd00:100::1]
+    state: absent
+  become: true
+  run_once: true
+"""
+
+RETURN = r"""
+exclude_cidrs:
+  description:
+    - The C(ipvs.excludeCIDRs) list after the change (or as it would be in check mode). Existing entries
+      keep their spelling.
+  returned: success
+  type: list
+  elements: str
+  sample: [169.254.100.1/32, fd00:100::1/128]
+mode:
+  description: kube-proxy's C(mode) in the configuration; empty means the platform default (iptables on Linux).
+  returned: success
+  type: str
+  sample: ipvs
+mode_is_ipvs:
+  description: Whether that mode is V(ipvs), the only mode where C(excludeCIDRs) matters.
+  returned: success
+  type: bool
+  sample: true
+restarted:
+  description:
+    - Whether kube-proxy's DaemonSet was restarted (in check mode, whether it would be).
+  returned: success
+  type: bool
+  sample: false
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
+    KubeAPIError,
+    KubeClient,
+    MissingLibraryError,
+    load_kubeconfig,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeproxy import (  # noqa: E402
+    KubeProxyConfigError,
+    RestartError,
+    run,
+)
+
+ARGUMENT_SPEC = {
+    "cidrs": {"type": "list", "elements": "str", "required": True},
+    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
+    "namespace": {"type": "str", "default": "kube-system"},
+    "configmap": {"type": "str", "default": "kube-proxy"},
+    "key": {"type": "str", "default": "config.conf", "no_log": False},
+    "restart": {"type": "bool", "default": False},
+    "daemonset": {"type": "str", "default": "kube-proxy"},
+    "wait": {"type": "bool", "default": False},
+    "wait_timeout": {"type": "int", "default": 300},
+}
+
+
+def make_client(kubeconfig: str) -> KubeClient:
+    """The apiserver client (replaced by a fake in unit tests)."""
+    return KubeClient(load_kubeconfig(kubeconfig))
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        outcome = run(module.params, lambda: make_client(module.params["kubeconfig"]), module.check_mode)
+    except MissingLibraryError as exc:
+        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
+    except RestartError as exc:
+        for warning in exc.outcome.warnings:
+            module.warn(warning)
+        module.fail_json(msg=str(exc), diff=exc.outcome.diff, **exc.outcome.result())
+    except (KubeAPIError, KubeProxyConfigError) as exc:
+        module.fail_json(msg=str(exc))
+    for warning in outcome.warnings:
+        module.warn(warning)
+    result = outcome.result()
+    if module._diff:
+        result["diff"] = outcome.diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

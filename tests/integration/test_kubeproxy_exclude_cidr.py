@@ -1,0 +1,96 @@
+"""kubeproxy_exclude_cidr against the lab's real apiservers, and its effect on the real kube-proxy (IPVS mode).
+
+The negative control comes first: without the exclude, kube-proxy deletes the VIP's IPVS service on its
+first sync (kubernetes/kubernetes#59507 and friends). With it, the service survives kube-proxy's syncs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import lab as labmod
+import pytest
+from conftest import BACKEND_PORT, VIP4, VIP6, VIP_PORT, restart_kube_proxy, run_module
+
+MODULE = "kubeha.apiserver.kubeproxy_exclude_cidr"
+ADMIN = "/etc/kubernetes/admin.conf"
+
+
+def kube_proxy_cm() -> dict:
+    return json.loads(labmod.kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
+
+
+def create_vip_services(node, backends) -> None:
+    for vip, attr in ((VIP4, "addr4"), (VIP6, "addr6")):
+        reals = [{"address": getattr(m, attr), "port": BACKEND_PORT} for m in backends]
+        result = run_module(node, "kubeha.apiserver.ipvs_service", {"address": vip, "port": VIP_PORT,
+                                                                     "real_servers": reals})  # fmt: skip
+        assert not result.get("failed"), result
+
+
+def vip_services(node) -> list[str]:
+    table = labmod.ssh(node, "ipvsadm -Ln").stdout
+    return [vip for vip in (f"{VIP4}:{VIP_PORT}", f"[{VIP6}]:{VIP_PORT}") if vip in table]
+
+
+@pytest.fixture(scope="module")
+def clean_exclude(control_node, ipvs_node):
+    run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN, "state": "absent"})
+    restart_kube_proxy(ipvs_node)
+    yield
+    run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN, "state": "absent"})
+    labmod.ssh(ipvs_node, f"ipvsadm -D -t {VIP4}:{VIP_PORT}; ipvsadm -D -t [{VIP6}]:{VIP_PORT}", check=False)
+    restart_kube_proxy(ipvs_node)
+
+
+def test_negative_control_without_exclude_kube_proxy_deletes_the_vip(clean_exclude, ipvs_node, backends):
+    create_vip_services(ipvs_node, backends)
+    assert len(vip_services(ipvs_node)) == 2
+    restart_kube_proxy(ipvs_node)
+    assert vip_services(ipvs_node) == []
+
+
+def test_check_mode_diff_then_apply_then_unchanged(clean_exclude, control_node):
+    before = kube_proxy_cm()
+    args = {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN}
+    predicted = run_module(control_node, MODULE, args, check=True, diff=True)
+    assert predicted["changed"] is True and predicted["mode"] == "ipvs"
+    assert f"{VIP4}/32" in predicted["diff"]["after"] and f"{VIP4}/32" not in predicted["diff"]["before"]
+    assert kube_proxy_cm()["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+    applied = run_module(control_node, MODULE, args, diff=True)
+    assert applied["changed"] is True
+    assert applied["exclude_cidrs"] == [f"{VIP4}/32", f"{VIP6}/128"]
+    after = kube_proxy_cm()
+    config = after["data"]["config.conf"]
+    assert f"- {VIP4}/32" in config and f"- {VIP6}/128" in config
+    # Only the excludeCIDRs lines changed; every other line of kubeadm's text is as it was.
+    old_lines = [x for x in before["data"]["config.conf"].splitlines() if "excludeCIDRs" not in x]
+    new_lines = [x for x in config.splitlines() if "excludeCIDRs" not in x and VIP4 not in x and VIP6 not in x]
+    assert old_lines == new_lines
+    assert after["data"]["kubeconfig.conf"] == before["data"]["kubeconfig.conf"]
+
+    again = run_module(control_node, MODULE, args)
+    assert again["changed"] is False
+    assert kube_proxy_cm()["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
+
+
+def test_with_exclude_the_vip_survives_kube_proxy(clean_exclude, control_node, ipvs_node, backends):
+    run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN})
+    create_vip_services(ipvs_node, backends)
+    restart_kube_proxy(ipvs_node)
+    assert len(vip_services(ipvs_node)) == 2
+
+
+def test_bad_cidr_fails_before_any_change(clean_exclude, control_node):
+    before = kube_proxy_cm()["metadata"]["resourceVersion"]
+    result = run_module(control_node, MODULE, {"cidrs": ["10.0.0.1/24"], "kubeconfig": ADMIN})
+    assert result.get("failed") is True
+    assert "10.0.0.1/24" in result["msg"], result["msg"]
+    assert kube_proxy_cm()["metadata"]["resourceVersion"] == before
+
+
+def test_missing_configmap_names_the_object(clean_exclude, control_node):
+    result = run_module(control_node, MODULE, {"cidrs": [VIP4], "kubeconfig": ADMIN, "configmap": "no-such-proxy"})
+    assert result.get("failed") is True
+    assert "no-such-proxy" in result["msg"] and "kubeadm" in result["msg"], result["msg"]

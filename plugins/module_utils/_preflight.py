@@ -1,0 +1,213 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to the kubeha.apiserver collection: not a public API, may change without notice.
+"""Preflight checks of a node-local apiserver proxy: the inputs, and the node they are applied to.
+
+Pure logic over plain data (`check`), plus readers of the node's state (`read_node_facts`) that use only
+/proc, /sys and `ip -j`. Nothing here changes the node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    # interface name -> its addresses with their prefix (e.g. "10.0.0.5/24")
+    interfaces: dict[str, list[str]] = field(default_factory=dict)
+    # (address, port) of listening TCP sockets; "0.0.0.0" and "::" are wildcards
+    listening: frozenset[tuple[str, int]] = frozenset()
+    ipvs_available: bool = False
+    ipvs_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    errors: list[str]
+    warnings: list[str]
+    mode: str  # ipvs or haproxy, "auto" resolved
+    backends: list[str]  # normalised "addr:port" / "[addr6]:port"
+
+
+def parse_endpoint(value: str) -> tuple[Address, int]:
+    """`10.0.0.1:6443` or `[fd00::1]:6443` -> (address, port); ValueError names the value."""
+    text = str(value).strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"backend {value!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"backend {value!r}: {host!r} is not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"backend {value!r}: port {port!r} is not 1-65535")
+    return address, int(port)
+
+
+def format_endpoint(address: Address, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def _parse_vip(value: str | None, version: int, errors: list[str]) -> Address | None:
+    if not value:
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        errors.append(f"VIP {value!r} is not an IP address")
+        return None
+    if address.version != version:
+        errors.append(f"VIP {value!r} is IPv{address.version}, expected an IPv{version} address here")
+        return None
+    if address.is_loopback or address.is_multicast or address.is_unspecified:
+        errors.append(f"VIP {value} is a loopback, multicast or unspecified address")
+        return None
+    return address
+
+
+def check(
+    vip4: str | None,
+    vip6: str | None,
+    port: int,
+    backends: Sequence[str],
+    mode: str,
+    facts: NodeFacts,
+    forbidden_ranges: Iterable[str] = (),
+    own_interface: str = "kha0",
+) -> Verdict:
+    errors: list[str] = []
+    warnings: list[str] = []
+    vips = [v for v in (_parse_vip(vip4, 4, errors), _parse_vip(vip6, 6, errors)) if v is not None]
+    if not vips and not errors:
+        errors.append("no VIP: set an IPv4 and/or an IPv6 virtual address")
+    if not 1 <= int(port) <= 65535:
+        errors.append(f"port {port} is not 1-65535")
+
+    parsed: list[tuple[Address, int]] = []
+    if not backends:
+        errors.append("no backends: list at least one apiserver as ADDRESS:PORT")
+    for value in backends:
+        try:
+            parsed.append(parse_endpoint(value))
+        except ValueError as exc:
+            errors.append(str(exc))
+    families = {v.version for v in vips}
+    for address, bport in parsed:
+        if vips and address.version not in families:
+            errors.append(
+                f"backend {format_endpoint(address, bport)} is IPv{address.version} but no VIP of that family is set "
+                f"(VIPs: {', '.join(map(str, vips))})"
+            )
+    if vips and parsed and not any(a.version == v.version for v in vips for a, _ in parsed):
+        errors.append("no backend shares an address family with the VIPs")
+    if len({(a, p) for a, p in parsed}) != len(parsed):
+        errors.append("backends list the same ADDRESS:PORT twice")
+
+    for text in forbidden_ranges:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            errors.append(f"range {text!r} is not a CIDR")
+            continue
+        errors.extend(f"VIP {v} is inside {network}, a node, pod or service range" for v in vips if v in network)
+
+    for iface, addrs in facts.interfaces.items():
+        for cidr in addrs:
+            iface_net = ipaddress.ip_interface(cidr)
+            for v in vips:
+                if iface == own_interface or v.version != iface_net.version:
+                    continue
+                if iface_net.ip == v:
+                    errors.append(f"VIP {v} is already in use on interface {iface}")
+                elif iface_net.network.prefixlen < iface_net.max_prefixlen and v in iface_net.network:
+                    errors.append(f"VIP {v} is inside {iface_net.network}, the network of interface {iface}")
+
+    resolved = mode
+    if mode == "auto":
+        resolved = "ipvs" if facts.ipvs_available else "haproxy"
+    elif mode == "ipvs" and not facts.ipvs_available:
+        errors.append(f"mode ipvs asked, but IPVS is not available in this kernel: {facts.ipvs_reason}")
+    elif mode not in ("ipvs", "haproxy"):
+        errors.append(f"mode {mode!r} is not one of auto, ipvs, haproxy")
+
+    for v in vips:
+        wildcard = "0.0.0.0" if v.version == 4 else "::"
+        if (str(v), int(port)) in facts.listening and resolved == "ipvs":
+            errors.append(f"port {port} on VIP {v} is taken by a listening socket")
+        if (wildcard, int(port)) in facts.listening or ("::", int(port)) in facts.listening:
+            message = f"port {port} is taken on every address (a process listens on *:{port})"
+            if resolved == "haproxy":
+                errors.append(message + ": haproxy could not bind the VIP; choose another port")
+            else:
+                warnings.append(message + "; IPVS takes the VIP's packets first, but choose another port if you can")
+    return Verdict(errors, warnings, resolved, [format_endpoint(a, p) for a, p in parsed])
+
+
+# --- readers of the node's state -----------------------------------------------------------------------------
+
+
+def _hex_to_address(text: str) -> str:
+    raw = bytes.fromhex(text)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    # /proc/net/tcp6 prints four 32-bit words, each in host (little-endian) order
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return str(ipaddress.IPv6Address(words))
+
+
+def parse_proc_net_tcp(text: str) -> set[tuple[str, int]]:
+    """Listening sockets (state 0A) of /proc/net/tcp or tcp6."""
+    out = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":
+            addr, port = fields[1].split(":")
+            out.add((_hex_to_address(addr), int(port, 16)))
+    return out
+
+
+def parse_ip_addr_json(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for link in json.loads(text or "[]"):
+        out[link["ifname"]] = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if "local" in a]
+    return out
+
+
+def ipvs_capability(proc: str = "/proc", lib_modules: str = "/lib/modules") -> tuple[bool, str]:
+    if os.path.exists(os.path.join(proc, "net", "ip_vs")):
+        return True, "loaded"
+    release = os.uname().release
+    for name in ("modules.dep", "modules.builtin"):
+        path = os.path.join(lib_modules, release, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                if any("/ip_vs.ko" in line for line in fh):
+                    return True, f"ip_vs listed in {path}"
+        except OSError:
+            continue
+    return False, f"no /proc/net/ip_vs and no ip_vs module for kernel {release}"
+
+
+def read_node_facts(ip_command: str = "ip") -> NodeFacts:
+    listening: set[tuple[str, int]] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/net/{name}", encoding="utf-8") as fh:
+                listening |= parse_proc_net_tcp(fh.read())
+        except OSError:
+            continue
+    res = subprocess.run([ip_command, "-j", "addr", "show"], capture_output=True, text=True, check=False)
+    interfaces = parse_ip_addr_json(res.stdout) if res.returncode == 0 else {}
+    available, reason = ipvs_capability()
+    return NodeFacts(interfaces, frozenset(listening), available, reason)

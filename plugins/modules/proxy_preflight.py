@@ -1,0 +1,126 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: proxy_preflight
+short_description: Check a node-local apiserver proxy's settings against the node, changing nothing
+version_added: 0.1.0
+description:
+  - Validates the virtual addresses, port and backends of the node-local apiserver proxy, and checks them
+    against the node they are meant for, before the local_proxy role changes anything.
+  - Fails with one message listing every problem, each naming the value and the reason.
+  - Resolves O(mode=auto) to V(ipvs) when the kernel has IPVS, else V(haproxy).
+author: kubeha.apiserver developers (!UNKNOWN)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: linux
+notes:
+  - Reads /proc, /lib/modules and C(ip -j addr); loads no kernel module.
+options:
+  vip4:
+    description: IPv4 virtual address of the proxy. Empty for none.
+    type: str
+    default: ""
+  vip6:
+    description: IPv6 virtual address of the proxy. Empty for none.
+    type: str
+    default: ""
+  port:
+    description: Port of the proxy on its virtual addresses.
+    type: int
+    required: true
+  backends:
+    description: The apiservers, as C(ADDRESS:PORT) (IPv6 as C([ADDRESS]:PORT)).
+    type: list
+    elements: str
+    required: true
+  mode:
+    description: V(ipvs), V(haproxy), or V(auto) (IPVS when the kernel has it).
+    type: str
+    choices: [auto, ipvs, haproxy]
+    default: auto
+  forbidden_ranges:
+    description: Node, pod and service CIDRs that the virtual addresses must stay out of.
+    type: list
+    elements: str
+    default: []
+  interface:
+    description: The proxy's own interface, whose addresses are not counted as collisions.
+    type: str
+    default: kha0
+"""
+
+EXAMPLES = r"""
+- name: Check the proxy settings on every node before changing anything
+  kubeha.apiserver.proxy_preflight:
+    vip4: 169.254.100.1
+    vip6: fd6b:6861::1
+    port: 6444
+    backends: [10.0.0.11:6443, 10.0.0.12:6443, 10.0.0.13:6443]
+    forbidden_ranges: [10.96.0.0/12, 10.244.0.0/16]
+  register: preflight
+"""
+
+RETURN = r"""
+mode:
+  description: The proxy mode for this node, V(auto) resolved.
+  type: str
+  returned: always
+  sample: ipvs
+ipvs_available:
+  description: Whether this node's kernel has IPVS.
+  type: bool
+  returned: always
+ipvs_reason:
+  description: Why IPVS is (not) available.
+  type: str
+  returned: always
+backends:
+  description: The backends, normalised.
+  type: list
+  elements: str
+  returned: always
+  sample: ["10.0.0.11:6443", "[fd00::11]:6443"]
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._preflight import (  # noqa: E402
+    check,
+    read_node_facts,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "vip4": {"type": "str", "default": ""},
+            "vip6": {"type": "str", "default": ""},
+            "port": {"type": "int", "required": True},
+            "backends": {"type": "list", "elements": "str", "required": True},
+            "mode": {"type": "str", "choices": ["auto", "ipvs", "haproxy"], "default": "auto"},
+            "forbidden_ranges": {"type": "list", "elements": "str", "default": []},
+            "interface": {"type": "str", "default": "kha0"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    facts = read_node_facts(module.get_bin_path("ip", opt_dirs=["/sbin", "/usr/sbin"]) or "ip")
+    verdict = check(p["vip4"], p["vip6"], p["port"], p["backends"], p["mode"], facts, p["forbidden_ranges"],
+                    p["interface"])  # fmt: skip
+    for warning in verdict.warnings:
+        module.warn(warning)
+    result = {"changed": False, "mode": verdict.mode, "backends": verdict.backends,
+              "ipvs_available": facts.ipvs_available, "ipvs_reason": facts.ipvs_reason}  # fmt: skip
+    if verdict.errors:
+        module.fail_json(msg="; ".join(verdict.errors), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Preflight checks of the node-local proxy settings (pure logic over plain node facts)."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.kubeha.apiserver.plugins.module_utils._preflight import (
+    NodeFacts,
+    check,
+    parse_endpoint,
+    parse_ip_addr_json,
+    parse_proc_net_tcp,
+)
+
+IPVS_NODE = NodeFacts(interfaces={"eth0": ["10.88.0.21/24", "fd88:88::21/64"], "lo": ["127.0.0.1/8"]},
+                      listening=frozenset({("0.0.0.0", 22)}), ipvs_available=True, ipvs_reason="loaded")  # fmt: skip
+BACKENDS = ["10.88.0.11:6443", "10.88.0.12:6443", "[fd88:88::11]:6443"]
+
+
+def test_good_settings_pass_and_auto_resolves_to_ipvs():
+    verdict = check("169.254.100.1", "fd6b:6861::1", 6444, BACKENDS, "auto", IPVS_NODE)
+    assert verdict.errors == [] and verdict.mode == "ipvs"
+    assert verdict.backends == BACKENDS
+
+
+def test_auto_without_ipvs_is_haproxy_and_ipvs_without_it_fails():
+    node = NodeFacts(interfaces=IPVS_NODE.interfaces, ipvs_available=False, ipvs_reason="no ip_vs module")
+    assert check("169.254.100.1", "", 6444, BACKENDS[:2], "auto", node).mode == "haproxy"
+    verdict = check("169.254.100.1", "", 6444, BACKENDS[:2], "ipvs", node)
+    assert verdict.errors == ["mode ipvs asked, but IPVS is not available in this kernel: no ip_vs module"]
+
+
+@pytest.mark.parametrize(
+    ("vip4", "vip6", "port", "backends", "ranges", "expected"),
+    [
+        ("169.254.100.1", "", 6444, [], [], "no backends"),
+        ("300.1.1.1", "", 6444, BACKENDS[:1], [], "VIP '300.1.1.1' is not an IP address"),
+        ("fd00::1", "", 6444, BACKENDS[:1], [], "VIP 'fd00::1' is IPv6, expected an IPv4"),
+        ("", "", 6444, BACKENDS[:1], [], "no VIP"),
+        ("169.254.100.1", "", 0, BACKENDS[:1], [], "port 0 is not 1-65535"),
+        ("169.254.100.1", "", 6444, ["10.0.0.1"], [], "backend '10.0.0.1' is not ADDRESS:PORT"),
+        ("169.254.100.1", "", 6444, ["[fd88:88::11]:6443"], [], "backend [fd88:88::11]:6443 is IPv6 but no VIP"),
+        ("169.254.100.1", "", 6444, BACKENDS[:1] * 2, [], "the same ADDRESS:PORT twice"),
+        ("10.96.0.10", "", 6444, BACKENDS[:1], ["10.96.0.0/12"], "VIP 10.96.0.10 is inside 10.96.0.0/12"),
+        ("10.88.0.21", "", 6444, BACKENDS[:1], [], "VIP 10.88.0.21 is already in use on interface eth0"),
+        ("10.88.0.99", "", 6444, BACKENDS[:1], [], "VIP 10.88.0.99 is inside 10.88.0.0/24, the network of"),
+        ("169.254.100.1", "", 22, BACKENDS[:1], [], None),  # *:22 with IPVS: a warning, not an error
+    ],
+)
+def test_bad_input_names_the_value(vip4, vip6, port, backends, ranges, expected):
+    verdict = check(vip4, vip6, port, backends, "auto", IPVS_NODE, ranges)
+    if expected is None:
+        assert verdict.errors == [] and verdict.warnings
+    else:
+        assert any(expected in e for e in verdict.errors), verdict.errors
+
+
+def test_port_on_every_address_blocks_haproxy():
+    node = NodeFacts(interfaces=IPVS_NODE.interfaces, listening=frozenset({("::", 6443)}))
+    verdict = check("169.254.100.1", "", 6443, BACKENDS[:1], "auto", node)
+    assert verdict.mode == "haproxy"
+    assert verdict.errors == [
+        "port 6443 is taken on every address (a process listens on *:6443): haproxy could not bind the VIP; "
+        "choose another port"
+    ]
+
+
+def test_own_interface_is_not_a_collision():
+    node = NodeFacts(interfaces=IPVS_NODE.interfaces | {"kha0": ["169.254.100.1/32"]}, ipvs_available=True)
+    assert check("169.254.100.1", "", 6444, BACKENDS[:1], "auto", node).errors == []
+
+
+def test_parse_endpoint():
+    assert str(parse_endpoint("[FD88:88::0011]:6443")[0]) == "fd88:88::11"
+    with pytest.raises(ValueError, match="port '70000' is not 1-65535"):
+        parse_endpoint("10.0.0.1:70000")
+
+
+def test_proc_net_tcp_listeners_ipv4_and_ipv6():
+    tcp = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n"
+        "   1: 0100007F:2711 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n"
+    )
+    tcp6 = (
+        "  sl  local_address                         remote_address                        st\n"
+        "   0: 00000000000000000000000000000000:192B 00000000000000000000000000000000:0000 0A\n"
+        "   1: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A\n"
+    )
+    assert parse_proc_net_tcp(tcp) == {("0.0.0.0", 22)}
+    assert parse_proc_net_tcp(tcp6) == {("::", 6443), ("::ffff:7f00:1", 80)}
+
+
+def test_ip_addr_json():
+    text = '[{"ifname":"eth0","addr_info":[{"local":"10.0.0.5","prefixlen":24},{"family":"x"}]},{"ifname":"lo"}]'
+    assert parse_ip_addr_json(text) == {"eth0": ["10.0.0.5/24"], "lo": []}

@@ -17,7 +17,7 @@ setup:
 # The collection as Ansible sees it: the git-tracked (and new, not ignored) files under ansible_collections/.
 collection: setup
 	@rm -rf $(COLL) && mkdir -p $(COLL)
-	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(COLL)/
+	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --ignore-missing-args --files-from=- ./ $(COLL)/
 	@# ansible-test takes its list of files from git when the collection is a repository.
 	@cd $(COLL) && git init -q && git add -A
 

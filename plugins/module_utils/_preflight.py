@@ -15,8 +15,10 @@ import os
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Union
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# A runtime alias: Union, because ansible-test's pylint rejects `X | Y` outside annotations.
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,9 @@ def check(
                 f"backend {format_endpoint(address, bport)} is IPv{address.version} but no VIP of that family is set "
                 f"(VIPs: {', '.join(map(str, vips))})"
             )
-    if vips and parsed and not any(a.version == v.version for v in vips for a, _ in parsed):
+    if vips and parsed and not any(a.version == v.version for v in vips for a, _port in parsed):
         errors.append("no backend shares an address family with the VIPs")
-    if len({(a, p) for a, p in parsed}) != len(parsed):
+    if len(set(parsed)) != len(parsed):
         errors.append("backends list the same ADDRESS:PORT twice")
 
     for text in forbidden_ranges:

@@ -139,7 +139,7 @@ class ProbeSettings:
         return tuple(f for f in (self.ca_file, self.client_cert_file, self.client_key_file) if f)
 
 
-def _stamp(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+def file_stamp(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
     """What identifies the files' content without reading them: (path, mtime, size) each."""
     stamp = []
     for path in paths:
@@ -185,7 +185,7 @@ class _ContextCache:
         self._entries: dict[ProbeSettings, tuple[tuple[tuple[str, int, int], ...], ssl.SSLContext]] = {}
 
     def get(self, settings: ProbeSettings) -> ssl.SSLContext:
-        stamp = _stamp(settings.files())
+        stamp = file_stamp(settings.files())
         with self._lock:
             entry = self._entries.get(settings)
             if entry is not None and entry[0] == stamp:
@@ -222,61 +222,93 @@ def _ssl_error_message(exc: ssl.SSLError) -> str:
     return f"TLS error: {exc.reason or exc}"
 
 
-def probe(backend: Backend, settings: ProbeSettings, context: ssl.SSLContext | None = None) -> ProbeResult:
-    """``GET <path>`` on ``backend``; ok only for status 200 with the body ``ok``. Never raises.
+class _Deadline:
+    """The time left of one probe; every blocking step gets only that."""
 
-    One deadline bounds the whole probe: the connect, the TLS handshake, sending the request and reading
-    the answer each get only the time left.
-    """
-    start = time.monotonic()
-    deadline = start + settings.timeout_s
+    def __init__(self, timeout_s: float) -> None:
+        self.start = time.monotonic()
+        self.end = self.start + timeout_s
 
-    def remaining() -> float:
-        left = deadline - time.monotonic()
+    def left(self) -> float:
+        left = self.end - time.monotonic()
         if left <= 0:
             raise TimeoutError("timed out")
         return left
 
-    def result(ok: bool, error: str = "", refused: bool = False) -> ProbeResult:
-        return ProbeResult(backend, ok, time.monotonic() - start, error, refused)
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
+
+def _connect(backend: Backend, context: ssl.SSLContext, deadline: _Deadline) -> http.client.HTTPSConnection:
+    """TCP connect and TLS handshake (certificate and IP SAN verified) within the deadline."""
+    sock = socket.create_connection((backend.address, backend.port), timeout=deadline.left())
+    try:
+        sock.settimeout(deadline.left())
+        tls = context.wrap_socket(sock, server_hostname=backend.address)
+    except BaseException:
+        sock.close()
+        raise
+    connection = http.client.HTTPSConnection(backend.address, backend.port, context=context)
+    connection.sock = tls  # connected and verified: request() does not connect again
+    return connection
+
+
+def _exchange(connection: http.client.HTTPSConnection, path: str, deadline: _Deadline) -> tuple[int, bytes, bool]:
+    """One ``GET`` on an open connection: ``(status, body, reusable)``."""
+    sock = connection.sock
+    sock.settimeout(deadline.left())
+    connection.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"})
+    sock.settimeout(deadline.left())
+    response = connection.getresponse()
+    sock.settimeout(deadline.left())
+    body = response.read(MAX_BODY)
+    return response.status, body, response.isclosed() and not response.will_close
+
+
+def _verdict(backend: Backend, status: int, body: bytes, deadline: _Deadline) -> ProbeResult:
+    if status == 200 and body.strip() == READY_BODY:
+        return ProbeResult(backend, True, deadline.elapsed())
+    return ProbeResult(backend, False, deadline.elapsed(), _readyz_failure(status, body))
+
+
+def _failure(backend: Backend, exc: BaseException, settings: ProbeSettings, deadline: _Deadline) -> ProbeResult:
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeResult(backend, False, deadline.elapsed(), "connection refused", refused=True)
+    if isinstance(exc, TimeoutError):
+        error = f"timed out after {settings.timeout_s:g}s"
+    elif isinstance(exc, ssl.SSLError):
+        error = _ssl_error_message(exc)
+    elif isinstance(exc, http.client.HTTPException):
+        error = f"bad HTTP answer: {exc or type(exc).__name__}"
+    else:
+        error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return ProbeResult(backend, False, deadline.elapsed(), error)
+
+
+_PROBE_ERRORS = (OSError, http.client.HTTPException)  # ssl.SSLError and TimeoutError are OSErrors
+
+
+def probe(backend: Backend, settings: ProbeSettings, context: ssl.SSLContext | None = None) -> ProbeResult:
+    """``GET <path>`` on a new connection to ``backend``; ok only for status 200 with the body ``ok``.
+
+    Never raises. One deadline bounds the whole probe: the connect, the TLS handshake, sending the request
+    and reading the answer each get only the time left.
+    """
+    deadline = _Deadline(settings.timeout_s)
     try:
         context = context or ssl_context(settings)
     except ProxyError as exc:
-        return result(False, str(exc))
-
-    sock: socket.socket | None = None
+        return ProbeResult(backend, False, deadline.elapsed(), str(exc))
+    connection = None
     try:
-        sock = socket.create_connection((backend.address, backend.port), timeout=remaining())
-        sock.settimeout(remaining())
-        sock = context.wrap_socket(sock, server_hostname=backend.address)
-        connection = http.client.HTTPSConnection(
-            backend.address, backend.port, timeout=settings.timeout_s, context=context
-        )
-        connection.sock = sock  # already connected and verified: request() does not connect again
-        sock.settimeout(remaining())
-        connection.request("GET", settings.path, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"})
-        sock.settimeout(remaining())
-        response = connection.getresponse()
-        sock.settimeout(remaining())
-        body = response.read(MAX_BODY)
-    except ConnectionRefusedError:
-        return result(False, "connection refused", refused=True)
-    except TimeoutError:
-        return result(False, f"timed out after {settings.timeout_s:g}s")
-    except ssl.SSLError as exc:
-        return result(False, _ssl_error_message(exc))
-    except http.client.HTTPException as exc:
-        return result(False, f"bad HTTP answer: {exc or type(exc).__name__}")
-    except OSError as exc:
-        return result(False, exc.strerror or str(exc) or type(exc).__name__)
-    else:
-        if response.status == 200 and body.strip() == READY_BODY:
-            return result(True)
-        return result(False, _readyz_failure(response.status, body))
+        connection = _connect(backend, context, deadline)
+        status, body, _reusable = _exchange(connection, settings.path, deadline)
+    except _PROBE_ERRORS as exc:
+        return _failure(backend, exc, settings, deadline)
     finally:
-        if sock is not None:
-            sock.close()
+        if connection is not None:
+            connection.close()
+    return _verdict(backend, status, body, deadline)
 
 
 def probe_all(
@@ -285,10 +317,9 @@ def probe_all(
     max_workers: int = 8,
     executor: Executor | None = None,
 ) -> dict[Backend, ProbeResult]:
-    """Probe every backend concurrently; each probe is bounded by ``settings.timeout_s``.
+    """Probe every backend concurrently on new connections; each probe is bounded by ``settings.timeout_s``.
 
-    Pass a long-lived ``executor`` to keep its threads between rounds (the guard does); without one, a
-    pool is made for this call.
+    Without an ``executor`` a pool is made for this call. A daemon probing every second uses ``Prober``.
     """
     targets = sort_backends(backends)
     if not targets:
@@ -304,6 +335,98 @@ def probe_all(
     finally:
         if executor is None:
             pool.shutdown(wait=False)
+
+
+class Prober:
+    """Probes like ``probe_all`` but keeps one HTTP/1.1 connection per backend between rounds.
+
+    Probing every second on new connections would cost each apiserver one TLS handshake per node and
+    second; a kept connection costs none. A kept connection that turns out to be dead (the apiserver
+    restarted or was killed: reset, EOF) is replaced by a new one within the same deadline, so a killed
+    apiserver is seen as "connection refused" at the next probe. A connection is dropped after a failed
+    exchange, when the server closes it, and when the SSL context changes (a rotated certificate).
+    """
+
+    def __init__(self, executor: Executor | None = None, max_workers: int = 8) -> None:
+        self._own = executor is None
+        self._pool = executor or ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
+        self._lock = threading.Lock()
+        self._kept: dict[Backend, tuple[ssl.SSLContext, http.client.HTTPSConnection]] = {}
+
+    def probe(self, backend: Backend, settings: ProbeSettings) -> ProbeResult:
+        deadline = _Deadline(settings.timeout_s)
+        try:
+            context = ssl_context(settings)
+        except ProxyError as exc:
+            self._drop(backend)
+            return ProbeResult(backend, False, deadline.elapsed(), str(exc))
+        with self._lock:
+            kept = self._kept.pop(backend, None)  # in use: nobody else touches it meanwhile
+        if kept is not None and kept[0] is not context:
+            kept[1].close()
+            kept = None
+        if kept is not None:
+            try:
+                return self._use(backend, context, kept[1], settings, deadline)
+            except TimeoutError as exc:
+                return _failure(backend, exc, settings, deadline)
+            except _PROBE_ERRORS:
+                pass  # the kept connection was dead: try a new one in the time left
+        try:
+            connection = _connect(backend, context, deadline)
+            return self._use(backend, context, connection, settings, deadline)
+        except _PROBE_ERRORS as exc:
+            return _failure(backend, exc, settings, deadline)
+
+    def _use(
+        self,
+        backend: Backend,
+        context: ssl.SSLContext,
+        connection: http.client.HTTPSConnection,
+        settings: ProbeSettings,
+        deadline: _Deadline,
+    ) -> ProbeResult:
+        try:
+            status, body, reusable = _exchange(connection, settings.path, deadline)
+        except BaseException:
+            connection.close()
+            raise
+        result = _verdict(backend, status, body, deadline)
+        if reusable:
+            with self._lock:
+                self._kept[backend] = (context, connection)
+        else:
+            connection.close()
+        return result
+
+    def _drop(self, backend: Backend) -> None:
+        with self._lock:
+            kept = self._kept.pop(backend, None)
+        if kept is not None:
+            kept[1].close()
+
+    def probe_all(self, backends: Iterable[Backend], settings: ProbeSettings) -> dict[Backend, ProbeResult]:
+        """Probe every backend concurrently; connections of backends no longer listed are closed."""
+        targets = sort_backends(backends)
+        with self._lock:
+            gone = [b for b in self._kept if b not in targets]
+        for backend in gone:
+            self._drop(backend)
+        futures = {b: self._pool.submit(self.probe, b, settings) for b in targets}
+        return {b: future.result() for b, future in futures.items()}
+
+    def kept(self) -> list[Backend]:
+        """The backends with a connection kept open (for tests and diagnostics)."""
+        with self._lock:
+            return sort_backends(self._kept)
+
+    def close(self) -> None:
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for _context, connection in kept:
+            connection.close()
+        if self._own:
+            self._pool.shutdown(wait=False)
 
 
 def tcp_check(backend: Backend, timeout_s: float) -> ProbeResult:
@@ -569,6 +692,9 @@ def render_haproxy(
         "    timeout client 24h",
         "    timeout server 24h",
         f"    timeout check {haproxy_duration(cfg.timeout_s)}",
+        # A refused or timed-out connect is retried on another server: a dead master fails no new request.
+        "    retries 2",
+        "    option redispatch 1",
         "",
         "frontend kubeha_apiserver",
     ]

@@ -16,10 +16,14 @@ author: kubeha.apiserver developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
+    description: Changes nothing in any mode.
   diff_mode:
     support: none
+    description: Nothing to show.
   platform:
+    support: full
     platforms: linux
+    description: Reads Linux's /proc and /sys.
 notes:
   - Reads /proc, /lib/modules and C(ip -j addr); loads no kernel module.
 options:
@@ -81,6 +85,12 @@ ipvs_reason:
   description: Why IPVS is (not) available.
   type: str
   returned: always
+local_addresses:
+  description: This node's addresses (loopback and the proxy's own interface left out).
+  type: list
+  elements: str
+  returned: always
+  sample: ["10.0.0.11", "fd00::11"]
 backends:
   description: The backends, normalised.
   type: list
@@ -115,7 +125,9 @@ def main() -> None:
                     p["interface"])  # fmt: skip
     for warning in verdict.warnings:
         module.warn(warning)
-    result = {"changed": False, "mode": verdict.mode, "backends": verdict.backends,
+    local = [a.split("/")[0] for name, addrs in facts.interfaces.items() if name not in ("lo", p["interface"])
+             for a in addrs]  # fmt: skip
+    result = {"changed": False, "mode": verdict.mode, "backends": verdict.backends, "local_addresses": local,
               "ipvs_available": facts.ipvs_available, "ipvs_reason": facts.ipvs_reason}  # fmt: skip
     if verdict.errors:
         module.fail_json(msg="; ".join(verdict.errors), **result)

@@ -23,8 +23,8 @@ def kube_proxy_cm() -> dict:
 def create_vip_services(node, backends) -> None:
     for vip, attr in ((VIP4, "addr4"), (VIP6, "addr6")):
         reals = [{"address": getattr(m, attr), "port": BACKEND_PORT} for m in backends]
-        result = run_module(node, "kubeha.apiserver.ipvs_service", {"address": vip, "port": VIP_PORT,
-                                                                     "real_servers": reals})  # fmt: skip
+        args = {"address": vip, "port": VIP_PORT, "real_servers": reals}
+        result = run_module(node, "kubeha.apiserver.ipvs_service", args)
         assert not result.get("failed"), result
 
 

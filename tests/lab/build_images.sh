@@ -20,7 +20,7 @@ log() { printf '[images] %s\n' "$*" >&2; }
 
 # What every node has before the collection touches it (a minimal Debian server plus what the lab's own
 # services use). Everything the roles install comes from mirror/ instead.
-node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,kmod,iptables,ipset,ca-certificates,procps,less
+node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,kmod,iptables,ipset,ca-certificates,procps,less
 # What the roles install on nodes, served by the lab's mirror as a site mirror would.
 mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light socat curl)
 

@@ -1,0 +1,1154 @@
+# Copyright (c) kubeha.apiserver developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""module_utils/_guard without root or kernel IPVS: configuration, plumbing commands, /proc/net/ip_vs_conn,
+connection closing, state file, discovery, metrics, and whole loop rounds.
+
+The kernel and the commands are replaced by fakes: an in-memory IPVS adapter (it applies ``_ipvs`` actions
+with ``simulate``), a runner recording the command lines, a scripted prober, and /proc, /proc/sys and /sys
+trees under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _guard
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
+    ENDPOINTSLICES_PATH,
+    NFT_TABLE,
+    ConfigError,
+    Guard,
+    GuardError,
+    GuardState,
+    Hooks,
+    IPVSConnection,
+    MetricsServer,
+    MetricsSnapshot,
+    Paths,
+    address_commands,
+    backend_set,
+    backends_from_endpointslices,
+    cleanup,
+    connections_to,
+    conntrack_commands,
+    discover_backends,
+    ensure_plumbing,
+    load_config,
+    main,
+    make_state,
+    nft_ruleset,
+    parse_config,
+    parse_ip_vs_conn,
+    read_state,
+    remove_plumbing,
+    render_metrics,
+    sd_notify,
+    socket_kill_commands,
+    write_state,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, RealServer, Service, simulate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
+    DOWN,
+    UP,
+    Backend,
+    ProbeResult,
+    ProbeSettings,
+)
+
+VIP4, VIP6, PORT = "169.254.100.1", "fd00::1", 6443
+M1, M2, M3 = Backend("10.0.0.11", 6443), Backend("10.0.0.12", 6443), Backend("10.0.0.13", 6443)
+M4 = Backend("10.0.0.14", 6443)
+M6 = Backend("fd00::11", 6443)
+CERT = "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Fakes
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeIPVS:
+    """The kernel's IPVS table in memory; actions are applied with _ipvs.simulate."""
+
+    def __init__(self) -> None:
+        self.services: dict[tuple[str, int, str], Service] = {}
+        self.applied: list[Action] = []
+        self.fail: str | None = None
+
+    def get(self, address: str, port: int, protocol: str) -> Service | None:
+        return self.services.get(Service(address, port, protocol).key)
+
+    def apply(self, actions: Sequence[Action]) -> None:
+        if self.fail:
+            raise _guard.IPVSError(self.fail)
+        for action in actions:
+            key = action.service.key
+            after = simulate(self.services.get(key), [action])
+            if after is None:
+                self.services.pop(key, None)
+            else:
+                self.services[key] = after
+            self.applied.append(action)
+
+    def close(self) -> None:
+        return
+
+    def weights(self, vip: str = VIP4) -> dict[str, int]:
+        service = self.services[(vip, PORT, "tcp")]
+        return {rs.endpoint: rs.weight for rs in service.real_servers}
+
+
+def dummy_link(*addresses: tuple[str, int], up: bool = True, kind: str = "dummy") -> dict[str, Any]:
+    infos = [
+        {"family": "inet6" if ":" in a else "inet", "local": a, "prefixlen": p, "scope": "global"} for a, p in addresses
+    ]
+    infos.append({"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"})
+    flags = ["BROADCAST", "NOARP", *(["UP", "LOWER_UP"] if up else [])]
+    return {"ifname": "kha0", "flags": flags, "linkinfo": {"info_kind": kind}, "addr_info": infos}
+
+
+class FakeRunner:
+    """Records command lines; answers from ``responses`` (argv prefix -> answers, the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.stdin: dict[str, str] = {}
+        self.responses: dict[tuple[str, ...], list[tuple[int, str, str]]] = {
+            ("ip", "-d", "-j", "addr", "show"): [(0, json.dumps([dummy_link((VIP4, 32))]), "")],
+        }
+
+    def respond(self, prefix: Sequence[str], *answers: tuple[int, str, str]) -> None:
+        self.responses[tuple(prefix)] = list(answers)
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        if stdin is not None:
+            self.stdin[" ".join(argv)] = stdin
+        matches = [p for p in self.responses if tuple(argv[: len(p)]) == p]
+        if not matches:
+            return 0, "", ""
+        answers = self.responses[max(matches, key=len)]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    def commands(self, program: str) -> list[list[str]]:
+        return [c for c in self.calls if c[0] == program]
+
+
+class ScriptedProber:
+    """Answers each backend as scripted: ``ok``, ``fail`` (timeout) or ``refused``; unknown ones are ok."""
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.script: dict[Backend, str] = {}
+        self.rounds = 0
+        self.events = events if events is not None else []
+
+    def set(self, outcome: str, *backends: Backend) -> None:
+        for backend in backends:
+            self.script[backend] = outcome
+
+    def __call__(self, backends: Sequence[Backend], settings: ProbeSettings) -> dict[Backend, ProbeResult]:
+        self.rounds += 1
+        self.events.append("probe")
+        results = {}
+        for b in backends:
+            outcome = self.script.get(b, "ok")
+            if outcome == "ok":
+                results[b] = ProbeResult(b, True, 0.012)
+            elif outcome == "refused":
+                results[b] = ProbeResult(b, False, 0.001, "connection refused", refused=True)
+            else:
+                results[b] = ProbeResult(b, False, 1.0, "timed out after 1s")
+        return results
+
+
+def make_paths(tmp_path: Path, ip_vs_conn: str = "") -> Paths:
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True, exist_ok=True)
+    (proc / "net" / "ip_vs").write_text("IP Virtual Server version 1.2.1 (size=4096)\n")
+    (proc / "net" / "ip_vs_conn").write_text(ip_vs_conn)
+    sysctl = tmp_path / "proc-sys" / "net" / "ipv4" / "vs"
+    sysctl.mkdir(parents=True, exist_ok=True)
+    for name in ("conntrack", "expire_nodest_conn", "expire_quiescent_template"):
+        (sysctl / name).write_text("0\n")
+    sys_root = tmp_path / "sys"
+    for module in ("ip_vs_rr", "ip_vs_fo"):
+        (sys_root / "module" / module).mkdir(parents=True, exist_ok=True)
+    (sys_root / "class" / "net" / "kha0").mkdir(parents=True, exist_ok=True)
+    return Paths(
+        proc_root=str(proc),
+        proc_sys=str(tmp_path / "proc-sys"),
+        sys_root=str(sys_root),
+        modules_root=str(tmp_path / "lib-modules"),
+    )
+
+
+def config_doc(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "vip": [VIP4],
+        "port": PORT,
+        "mode": "ipvs",
+        "seeds": ["10.0.0.11:6443", "10.0.0.12:6443", "10.0.0.13:6443"],
+        "local_addresses": ["10.0.0.21"],
+        "prefer_local": False,
+        "ca_file": str(tmp_path / "ca.crt"),
+        "interval_s": 1.0,
+        "timeout_s": 1.0,
+        "rise": 2,
+        "fall": 2,
+        "fast_check_interval_s": 0,
+        "state_file": str(tmp_path / "state" / "state.json"),
+        "metrics_port": 0,
+        "interface": "kha0",
+    }
+    doc.update(overrides)
+    return doc
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """A guard wired to fakes."""
+
+    def __init__(self, tmp_path: Path, ip_vs_conn: str = "", **overrides: Any) -> None:
+        self.tmp_path = tmp_path
+        self.cfg = parse_config(config_doc(tmp_path, **overrides))
+        self.ipvs = FakeIPVS()
+        self.runner = FakeRunner()
+        self.events: list[str] = []
+        self.prober = ScriptedProber(self.events)
+        self.connects: dict[Backend, str] = {}
+        self.discovered: frozenset[Backend] = frozenset()
+        self.discovery_error: GuardError | None = None
+        self.clock = Clock()
+        self.paths = make_paths(tmp_path, ip_vs_conn)
+        self.hooks = Hooks(
+            runner=self.runner,
+            ipvs_factory=lambda: self.ipvs,
+            prober=self.prober,
+            connector=self.connect,
+            discoverer=self.discover,
+            notify=self.notify,
+            clock=lambda: 1_700_000_000.5,
+            monotonic=self.clock,
+            paths=self.paths,
+        )
+        self.guard = Guard(self.cfg, str(tmp_path / "guard.json"), self.hooks)
+
+    def connect(self, backend: Backend, timeout: float) -> ProbeResult:
+        if self.connects.get(backend) == "refused":
+            return ProbeResult(backend, False, 0.0, "connection refused", refused=True)
+        return ProbeResult(backend, True, 0.0)
+
+    def discover(self, cfg: Any, servers: Sequence[Backend]) -> frozenset[Backend]:
+        self.events.append(f"discover:{','.join(map(str, servers))}")
+        if self.discovery_error is not None:
+            raise self.discovery_error
+        return self.discovered
+
+    def notify(self, message: str) -> bool:
+        self.events.append(f"notify:{message}")
+        return True
+
+    def round(self) -> None:
+        self.runner.calls.clear()
+        self.guard.run_round()
+        self.clock.now += 1.0
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    made: list[Rig] = []
+
+    def build(**overrides: Any) -> Rig:
+        r = Rig(tmp_path, **overrides)
+        made.append(r)
+        return r
+
+    yield build  # type: ignore[misc]
+    for r in made:
+        r.guard.close()
+
+
+RigFactory = Callable[..., Rig]
+
+# Real /proc/net/ip_vs_conn lines (net/netfilter/ipvs/ip_vs_conn.c): "%-3s %08X %04X %08X %04X %08X %04X
+# %-11s %7u%s" for IPv4, "%pI6" (full colon form) for IPv6 addresses. 0x192B = 6443.
+IP_VS_CONN = """\
+Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
+TCP A9FE6401 A1B2 A9FE6401 192B 0A00000C 192B ESTABLISHED     899
+TCP 0AF40105 D431 A9FE6401 192B 0A00000C 192B ESTABLISHED     898
+TCP A9FE6401 C350 A9FE6401 192B 0A00000C 192B TIME_WAIT        60
+TCP A9FE6401 B000 A9FE6401 192B 0A00000B 192B ESTABLISHED     900
+TCP 0A000015 E001 A9FE6401 192B 0A00000C 192B SYN_RECV          9
+UDP A9FE6401 0035 A9FE6402 0035 0A00000C 0035 UDP             120
+TCP fd00:0000:0000:0000:0000:0000:0000:0001 9C40 fd00:0000:0000:0000:0000:0000:0000:0001 192B \
+fd00:0000:0000:0000:0000:0000:0000:0012 192B ESTABLISHED     899
+garbage line
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def test_config_full_example(tmp_path: Path) -> None:
+    doc = config_doc(
+        tmp_path,
+        vip=[VIP4, "FD00::0001"],
+        seeds=["10.0.0.12:6443", "[fd00::11]:6443", "10.0.0.11:6443"],
+        prefer_local=True,
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True, "interval_s": 30},
+        haproxy={"reload_command": ["systemctl", "reload", "x.service"]},
+    )
+    cfg = parse_config(doc, "guard.json")
+    assert cfg.vips == (VIP4, VIP6)
+    assert cfg.seeds == (M1, M2, M6)
+    assert cfg.client_key_file == cfg.client_cert_file  # one PEM holding both
+    assert cfg.discovery.enabled and cfg.discovery.interval_s == 30.0
+    assert cfg.haproxy.reload_command == ("systemctl", "reload", "x.service")
+    assert cfg.haproxy.config_path == "/etc/kubeha-apiserver/haproxy.cfg"
+    assert cfg.probe_settings() == ProbeSettings(
+        str(tmp_path / "ca.crt"), cfg.client_cert_file, cfg.client_cert_file, 1.0
+    )
+    assert cfg.haproxy_settings().client_pem_file == "/etc/kubeha-apiserver/haproxy-client.pem"
+
+
+def test_config_defaults(tmp_path: Path) -> None:
+    cfg = parse_config({"vip": [VIP4], "seeds": ["10.0.0.11:6443"], "ca_file": "/etc/kubernetes/pki/ca.crt"})
+    assert (cfg.port, cfg.mode, cfg.interval_s, cfg.timeout_s, cfg.rise, cfg.fall) == (6443, "ipvs", 1.0, 1.0, 2, 2)
+    assert cfg.fast_check_interval_s == 0.25
+    assert cfg.state_file == "/var/lib/kubeha-apiserver/state.json"
+    assert (cfg.metrics_address, cfg.metrics_port, cfg.interface) == ("127.0.0.1", 9445, "kha0")
+    assert not cfg.discovery.enabled
+    assert cfg.haproxy.reload_command == ("systemctl", "reload", "kubeha-apiserver-haproxy.service")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"port": 70000}, "guard.json: port 70000 is out of range 1..65535"),
+        ({"port": "6443"}, 'guard.json: port "6443" is not an integer'),
+        ({"vip": ["169.254.100"]}, "guard.json: vip\\[0\\] '169.254.100' is not an IPv4 or IPv6 address"),
+        ({"vip": [VIP4, "169.254.100.2"]}, "must hold at most one IPv4 and one IPv6 address"),
+        ({"vip": []}, "vip \\[\\] is not a list of one or two addresses"),
+        ({"mode": "nginx"}, 'guard.json: mode "nginx" is not one of ipvs, haproxy'),
+        ({"seeds": []}, "seeds \\[\\] is not a non-empty list"),
+        ({"seeds": ["10.0.0.11"]}, "guard.json: seeds\\[0\\] '10.0.0.11' is not ADDRESS:PORT"),
+        ({"seeds": ["fd00::11:6443"]}, "seeds\\[0\\] 'fd00::11:6443': write an IPv6 address in brackets"),
+        ({"seeds": ["10.0.0.11:6443", "10.0.0.11:6443"]}, "seeds\\[1\\] 10.0.0.11:6443 is listed twice"),
+        ({"seeds": ["[fd00::11]:6443"]}, "seed \\[fd00::11\\]:6443 is IPv6 but no vip is"),
+        ({"vip": [VIP4, VIP6]}, "vip fd00::1 has no seed of its address family \\(IPv6\\) and discovery is off"),
+        ({"prefer_local": "yes"}, 'guard.json: prefer_local "yes" is not true or false'),
+        ({"rise": 0}, "guard.json: rise 0 is out of range 1..100"),
+        ({"interval_s": 0}, "guard.json: interval_s 0 is out of range 0.1..3600"),
+        ({"fast_check_interval_s": 0.01}, "fast_check_interval_s 0.01 is out of range 0.05..60 \\(or 0 to disable\\)"),
+        ({"ca_file": None}, "guard.json: ca_file is required"),
+        ({"ca_file": "ca.crt"}, 'ca_file "ca.crt" is not an absolute path'),
+        ({"client_key_file": "/etc/k.key"}, "client_key_file /etc/k.key is set but client_cert_file is not"),
+        ({"interface": "a-very-long-interface"}, 'interface "a-very-long-interface" is not an interface name'),
+        ({"local_addresses": "10.0.0.21"}, 'local_addresses "10.0.0.21" is not a list of addresses'),
+        ({"metrics_address": "localhost"}, "metrics_address 'localhost' is not an IPv4 or IPv6 address"),
+        ({"intervall_s": 1}, "guard.json: unknown key 'intervall_s' \\(known keys: vip, port,"),
+        ({"discovery": {"enabled": True}}, "discovery is enabled but has no credentials"),
+        ({"discovery": {"enable": True}}, "guard.json: discovery: unknown key 'enable'"),
+        ({"discovery": []}, "guard.json: discovery must be a JSON object, not \\[\\]"),
+        ({"haproxy": {"reload_command": []}}, "haproxy: reload_command is empty"),
+        ({"haproxy": {"reload_command": "systemctl reload"}}, 'reload_command "systemctl reload" is not a list'),
+    ],
+)
+def test_config_errors_name_the_key_and_value(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config_doc(tmp_path, **overrides), "guard.json")
+
+
+def test_a_vip_without_seeds_of_its_family_is_fine_with_discovery(rig: RigFactory) -> None:
+    r = rig(
+        vip=[VIP4, VIP6],
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True},
+    )
+    r.round()
+    r.discovered = frozenset({M6, Backend("fd00::12", 6443)})
+    assert r.guard.discover_once()
+    r.round()
+    assert r.ipvs.weights(VIP6) == {"[fd00::11]:6443": 1, "[fd00::12]:6443": 1}
+    assert r.ipvs.weights(VIP4) == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+
+
+def test_ipvs_mode_ignores_discovered_backends_of_a_family_without_vip(rig: RigFactory) -> None:
+    r = rig(client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem", discovery={"enabled": True})
+    r.round()
+    r.discovered = frozenset({M1, M6})
+    assert r.guard.discover_once()
+    assert r.guard.backends == (M1, M2, M3)
+
+
+def test_haproxy_mode_accepts_seeds_of_any_family(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path, mode="haproxy", seeds=["[fd00::11]:6443"]))
+    assert cfg.seeds == (M6,)
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read the configuration .*missing\.json: No such file"):
+        load_config(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{vip: 1}")
+    with pytest.raises(ConfigError, match=r"bad\.json is not valid JSON"):
+        load_config(str(bad))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(config_doc(tmp_path)))
+    assert load_config(str(good)).seeds == (M1, M2, M3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_nft_ruleset_replaces_the_table_atomically() -> None:
+    assert nft_ruleset([VIP6, VIP4]) == (
+        f"table inet {NFT_TABLE}\n"
+        f"delete table inet {NFT_TABLE}\n"
+        f"table inet {NFT_TABLE} {{\n"
+        "\tchain postrouting {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        '\t\tip saddr 169.254.100.1 oifname != "lo" masquerade\n'
+        '\t\tip6 saddr fd00::1 oifname != "lo" masquerade\n'
+        "\t}\n"
+        "}\n"
+    )
+
+
+def test_address_commands_converge_on_the_vips() -> None:
+    link = dummy_link(("169.254.99.1", 32), (VIP4, 32))
+    assert address_commands("kha0", [VIP4, VIP6], link) == [
+        ["ip", "addr", "del", "169.254.99.1/32", "dev", "kha0"],
+        ["ip", "-6", "addr", "add", "fd00::1/128", "dev", "kha0", "nodad"],
+    ]
+    assert address_commands("kha0", [VIP4], dummy_link((VIP4, 32))) == []
+
+
+def test_ensure_plumbing_from_scratch(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path, vip=[VIP4, VIP6], seeds=["10.0.0.11:6443", "[fd00::11]:6443"]))
+    paths = make_paths(tmp_path)
+    runner = FakeRunner()
+    runner.respond(
+        ["ip", "-d", "-j", "addr", "show"],
+        (1, "", 'Device "kha0" does not exist.\n'),
+        (0, json.dumps([dummy_link(up=False)]), ""),
+    )
+    changes = ensure_plumbing(cfg, runner, paths)
+    assert runner.calls == [
+        ["ip", "-d", "-j", "addr", "show", "dev", "kha0"],
+        ["ip", "link", "add", "kha0", "type", "dummy"],
+        ["ip", "-d", "-j", "addr", "show", "dev", "kha0"],
+        ["ip", "link", "set", "dev", "kha0", "up"],
+        ["ip", "addr", "add", "169.254.100.1/32", "dev", "kha0"],
+        ["ip", "-6", "addr", "add", "fd00::1/128", "dev", "kha0", "nodad"],
+        ["nft", "-f", "-"],
+    ]
+    assert runner.stdin["nft -f -"] == nft_ruleset([VIP4, VIP6])
+    sysctl = Path(paths.proc_sys) / "net" / "ipv4" / "vs"
+    assert {p.name: p.read_text() for p in sysctl.iterdir()} == {
+        "conntrack": "1",
+        "expire_nodest_conn": "1",
+        "expire_quiescent_template": "1",
+    }
+    assert "created dummy interface kha0" in changes
+    assert "sysctl net.ipv4.vs.conntrack=1" in changes
+
+
+def test_ensure_plumbing_is_quiet_when_in_place_and_loads_modules_when_missing(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path, prefer_local=True))
+    paths = make_paths(tmp_path)
+    for name in os.listdir(Path(paths.proc_sys) / "net" / "ipv4" / "vs"):
+        (Path(paths.proc_sys) / "net" / "ipv4" / "vs" / name).write_text("1\n")
+    os.rmdir(Path(paths.sys_root) / "module" / "ip_vs_fo")
+    runner = FakeRunner()
+    assert ensure_plumbing(cfg, runner, paths) == ["loaded kernel module ip_vs_fo"]
+    assert runner.commands("modprobe") == [["modprobe", "ip_vs_fo"]]
+
+
+def test_ensure_plumbing_in_haproxy_mode_only_sets_the_vips(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path, mode="haproxy"))
+    runner = FakeRunner()
+    runner.respond(["ip", "-d", "-j", "addr", "show"], (0, json.dumps([dummy_link()]), ""))
+    ensure_plumbing(cfg, runner, make_paths(tmp_path))
+    assert runner.calls[1:] == [["ip", "addr", "add", "169.254.100.1/32", "dev", "kha0"]]
+
+
+def test_plumbing_refuses_an_interface_that_is_not_dummy(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path, interface="eth0"))
+    runner = FakeRunner()
+    runner.respond(["ip", "-d", "-j", "addr", "show"], (0, json.dumps([dummy_link(kind="veth")]), ""))
+    with pytest.raises(GuardError, match="interface eth0 exists and is not a dummy interface \\(veth\\)"):
+        ensure_plumbing(cfg, runner, make_paths(tmp_path))
+    with pytest.raises(GuardError, match="interface eth0 is not a dummy interface: not deleting it"):
+        remove_plumbing(cfg, runner)
+
+
+def test_plumbing_errors_carry_the_command_and_stderr(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path))
+    runner = FakeRunner()
+    runner.respond(["nft"], (1, "", "Error: Could not process rule: Operation not permitted\n"))
+    with pytest.raises(GuardError) as caught:
+        ensure_plumbing(cfg, runner, make_paths(tmp_path))
+    assert str(caught.value) == "`nft -f -` failed (exit 1): Error: Could not process rule: Operation not permitted"
+
+
+def test_remove_plumbing(tmp_path: Path) -> None:
+    cfg = parse_config(config_doc(tmp_path))
+    runner = FakeRunner()
+    assert remove_plumbing(cfg, runner) == [f"nftables table inet {NFT_TABLE}", "dummy interface kha0"]
+    assert runner.calls == [
+        ["nft", "list", "table", "inet", NFT_TABLE],
+        ["nft", "delete", "table", "inet", NFT_TABLE],
+        ["ip", "-d", "-j", "addr", "show", "dev", "kha0"],
+        ["ip", "link", "del", "dev", "kha0"],
+    ]
+    gone = FakeRunner()
+    gone.respond(["nft"], (1, "", "Error: No such file or directory"))
+    gone.respond(["ip", "-d", "-j", "addr", "show"], (1, "", 'Device "kha0" does not exist.'))
+    assert remove_plumbing(cfg, gone) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# /proc/net/ip_vs_conn and closing connections
+# --------------------------------------------------------------------------------------------------
+
+
+def test_parse_ip_vs_conn() -> None:
+    connections = parse_ip_vs_conn(IP_VS_CONN)
+    assert len(connections) == 7
+    assert connections[0] == IPVSConnection("TCP", VIP4, 41394, VIP4, 6443, "10.0.0.12", 6443, "ESTABLISHED", 899)
+    assert connections[1].client == "10.244.1.5"
+    assert connections[2].state == "TIME_WAIT"
+    assert connections[6] == IPVSConnection("TCP", VIP6, 40000, VIP6, 6443, "fd00::12", 6443, "ESTABLISHED", 899)
+
+
+def test_parse_ip_vs_conn_with_persistence_engine_data() -> None:
+    line = "TCP 0A000015 E001 A9FE6401 192B 0A00000C 192B ESTABLISHED     300 sip 6a6f686e\n"
+    [connection] = parse_ip_vs_conn(line)
+    assert (connection.client, connection.dest, connection.expires_s) == ("10.0.0.21", "10.0.0.12", 300)
+
+
+def test_connections_to_a_backend() -> None:
+    connections = parse_ip_vs_conn(IP_VS_CONN)
+    found = connections_to(connections, M2, [(VIP4, 6443)])
+    assert [(c.client, c.client_port, c.state) for c in found] == [
+        (VIP4, 41394, "ESTABLISHED"),
+        ("10.244.1.5", 54321, "ESTABLISHED"),
+        ("10.0.0.21", 57345, "SYN_RECV"),
+    ]
+    assert connections_to(connections, M2, [("169.254.100.9", 6443)]) == []
+    six = connections_to(connections, Backend("fd00::12", 6443), [(VIP6, 6443)])
+    assert [c.client for c in six] == [VIP6]
+
+
+def argv(command: str) -> list[str]:
+    return command.split()
+
+
+def test_socket_kill_commands_only_for_local_clients() -> None:
+    connections = connections_to(parse_ip_vs_conn(IP_VS_CONN), M2, [(VIP4, 6443)])
+    assert socket_kill_commands(connections, [VIP4, "10.0.0.21"]) == [
+        argv("ss -K -t -n state all src 169.254.100.1 sport = :41394 dst 169.254.100.1 dport = :6443"),
+        argv("ss -K -t -n state all src 10.0.0.21 sport = :57345 dst 169.254.100.1 dport = :6443"),
+    ]
+    six = connections_to(parse_ip_vs_conn(IP_VS_CONN), Backend("fd00::12", 6443), [(VIP6, 6443)])
+    assert socket_kill_commands(six, [VIP6]) == [
+        argv("ss -K -t -n state all src [fd00::1] sport = :40000 dst [fd00::1] dport = :6443"),
+    ]
+
+
+def test_conntrack_commands_per_family() -> None:
+    assert conntrack_commands(M2, [VIP4, VIP6], 6443) == [
+        argv(
+            "conntrack -D -f ipv4 -p tcp --orig-dst 169.254.100.1 --orig-port-dst 6443 "
+            "--reply-src 10.0.0.12 --reply-port-src 6443"
+        )
+    ]
+    assert conntrack_commands(M6, [VIP4, VIP6], 6443) == [
+        argv(
+            "conntrack -D -f ipv6 -p tcp --orig-dst fd00::1 --orig-port-dst 6443 "
+            "--reply-src fd00::11 --reply-port-src 6443"
+        )
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# State file
+# --------------------------------------------------------------------------------------------------
+
+
+def test_state_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "lib" / "state.json"
+    state = make_state([VIP4, VIP6], 6443, [M2, M6, M1], {M1: UP, M2: DOWN})
+    write_state(str(path), state)
+    assert read_state(str(path)) == state
+    doc = json.loads(path.read_text())
+    assert doc == {
+        "version": 1,
+        "vip": [VIP4, VIP6],
+        "port": 6443,
+        "backends": [
+            {"address": "10.0.0.11", "port": 6443, "health": "up"},
+            {"address": "10.0.0.12", "port": 6443, "health": "down"},
+            {"address": "fd00::11", "port": 6443, "health": "unknown"},
+        ],
+    }
+    assert os.listdir(path.parent) == ["state.json"]  # no temporary file left
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_read_state_missing_and_corrupt(tmp_path: Path) -> None:
+    assert read_state(str(tmp_path / "none.json")) is None
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(GuardError, match="is not valid JSON"):
+        read_state(str(bad))
+    bad.write_text(json.dumps({"version": 7}))
+    with pytest.raises(GuardError, match="is not a version 1 guard state"):
+        read_state(str(bad))
+    bad.write_text(json.dumps({"version": 1, "port": 6443, "backends": [{"address": "x", "port": 1}]}))
+    with pytest.raises(GuardError, match="is not a valid guard state"):
+        read_state(str(bad))
+
+
+# --------------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------------
+
+
+def endpointslice(addresses: dict[str, bool | None], port_name: str = "https", address_type: str = "IPv4") -> dict:
+    endpoints = []
+    for address, ready in addresses.items():
+        endpoint: dict[str, Any] = {"addresses": [address]}
+        if ready is not None:
+            endpoint["conditions"] = {"ready": ready}
+        endpoints.append(endpoint)
+    return {
+        "addressType": address_type,
+        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "endpoints": endpoints,
+        "ports": [{"name": port_name, "port": 6443, "protocol": "TCP"}],
+    }
+
+
+def test_backends_from_endpointslices() -> None:
+    doc = {
+        "kind": "EndpointSliceList",
+        "items": [
+            endpointslice({"10.0.0.11": True, "10.0.0.12": None, "10.0.0.13": False}),
+            endpointslice({"fd00::11": True}, address_type="IPv6"),
+            endpointslice({"10.0.0.99": True}, port_name=""),  # a single unnamed port is used too
+        ],
+    }
+    assert backends_from_endpointslices(doc) == {M1, M2, M6, Backend("10.0.0.99", 6443)}
+    assert backends_from_endpointslices({"items": []}) == frozenset()
+
+
+def test_backend_set_never_drops_below_the_seeds() -> None:
+    assert backend_set([M1, M2], [M4, M1]) == (M1, M2, M4)
+    assert backend_set([M1, M2], []) == (M1, M2)
+
+
+class FakeKubeClient:
+    answers: ClassVar[dict[str, Any]] = {}
+    opened: ClassVar[list[str]] = []
+
+    def __init__(self, credentials: Any, timeout: float, server_override: str) -> None:
+        self.server = server_override
+        FakeKubeClient.opened.append(server_override)
+
+    def __enter__(self) -> FakeKubeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return
+
+    def get(self, path: str) -> dict[str, Any]:
+        assert path == ENDPOINTSLICES_PATH
+        answer = self.answers[self.server]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_discover_backends_asks_the_apiservers_in_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, text in (("ca.crt", CERT), ("client.pem", CERT + KEY)):
+        (tmp_path / name).write_text(text)
+    cfg = parse_config(config_doc(tmp_path, client_cert_file=str(tmp_path / "client.pem"), discovery={"enabled": True}))
+    monkeypatch.setattr(_guard, "KubeClient", FakeKubeClient)
+    FakeKubeClient.opened = []
+    FakeKubeClient.answers = {
+        "https://10.0.0.12:6443": KubeAPIError("forbidden: cannot list endpointslices.discovery.k8s.io"),
+        "https://10.0.0.11:6443": {"items": [endpointslice({"10.0.0.11": True, "10.0.0.14": True})]},
+    }
+    assert discover_backends(cfg, [M2, M1]) == {M1, M4}
+    assert FakeKubeClient.opened == ["https://10.0.0.12:6443", "https://10.0.0.11:6443"]
+    with pytest.raises(GuardError, match=r"discovery failed: 10\.0\.0\.12:6443: forbidden"):
+        discover_backends(cfg, [M2])
+
+
+def test_discovery_credentials_from_the_guards_files(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text(CERT)
+    (tmp_path / "client.pem").write_text(CERT + KEY)
+    cfg = parse_config(config_doc(tmp_path, client_cert_file=str(tmp_path / "client.pem")))
+    credentials = _guard.discovery_credentials(cfg)
+    assert credentials.ca_data == CERT.encode()
+    assert credentials.client_cert == credentials.client_key == (CERT + KEY).encode()
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics and systemd
+# --------------------------------------------------------------------------------------------------
+
+
+def test_metrics_text() -> None:
+    snap = MetricsSnapshot(
+        backends=(M1, M2),
+        health={M1: UP, M2: DOWN},
+        weights={M1: 1, M2: 0},
+        latency={M1: 0.0125},
+        transitions={(M2, DOWN): 1, (M3, UP): 2},
+        last_reconcile=1700000000.5,
+        fail_open=False,
+        discovered=3,
+        apply_errors=0,
+    )
+    text = render_metrics(snap)
+    lines = text.splitlines()
+    for expected in [
+        "# TYPE kubeha_apiserver_backend_up gauge",
+        'kubeha_apiserver_backend_up{backend="10.0.0.11:6443"} 1',
+        'kubeha_apiserver_backend_up{backend="10.0.0.12:6443"} 0',
+        'kubeha_apiserver_backend_weight{backend="10.0.0.11:6443"} 1',
+        'kubeha_apiserver_backend_weight{backend="10.0.0.12:6443"} 0',
+        'kubeha_apiserver_probe_latency_seconds{backend="10.0.0.11:6443"} 0.0125',
+        "# TYPE kubeha_apiserver_backend_transitions_total counter",
+        'kubeha_apiserver_backend_transitions_total{backend="10.0.0.11:6443",to="down"} 0',
+        'kubeha_apiserver_backend_transitions_total{backend="10.0.0.12:6443",to="down"} 1',
+        'kubeha_apiserver_backend_transitions_total{backend="10.0.0.13:6443",to="up"} 2',
+        "kubeha_apiserver_last_reconcile_timestamp_seconds 1700000000.5",
+        "kubeha_apiserver_fail_open 0",
+        "kubeha_apiserver_backends_discovered 3",
+        "kubeha_apiserver_apply_errors_total 0",
+    ]:
+        assert expected in lines
+    assert not any("probe_latency_seconds{" in line and "10.0.0.12" in line for line in lines)
+    assert text.endswith("\n")
+
+
+def test_sd_notify(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        assert sd_notify("READY=1", {"NOTIFY_SOCKET": path})
+        assert listener.recv(64) == b"READY=1"
+    assert sd_notify("READY=1", {}) is False
+    abstract = f"@kubeha-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + abstract[1:])
+        assert sd_notify("STOPPING=1", {"NOTIFY_SOCKET": abstract})
+        assert listener.recv(64) == b"STOPPING=1"
+
+
+# --------------------------------------------------------------------------------------------------
+# Loop rounds with fakes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_round_refused_backend_goes_to_weight_zero_at_once_and_its_connections_are_closed(rig: RigFactory) -> None:
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+    assert r.ipvs.services[(VIP4, PORT, "tcp")].scheduler == "rr"
+    assert r.runner.commands("ss") == []
+
+    r.prober.set("refused", M2)
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 0, "10.0.0.13:6443": 1}
+    assert r.runner.commands("ss") == socket_kill_commands(
+        connections_to(parse_ip_vs_conn(IP_VS_CONN), M2, [(VIP4, PORT)]), [VIP4, "10.0.0.21"]
+    )
+    assert len(r.runner.commands("ss")) == 2  # the node's own clients only: not the pod, not TIME_WAIT
+    assert r.runner.commands("conntrack") == conntrack_commands(M2, [VIP4], PORT)
+    assert r.guard.snapshot().transitions == {(M1, UP): 1, (M2, UP): 1, (M3, UP): 1, (M2, DOWN): 1}
+
+    state = read_state(r.cfg.state_file)
+    assert state is not None
+    assert state.health == {M1: UP, M2: DOWN, M3: UP}
+
+
+def test_round_recovered_backend_returns_after_rise_rounds(rig: RigFactory) -> None:
+    r = rig()
+    r.round()
+    r.prober.set("fail", M3)
+    r.round()
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 1  # one failure: fall is 2
+    r.round()
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 0
+    r.prober.set("ok", M3)
+    r.round()
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 0  # one success: rise is 2
+    r.round()
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 1
+
+
+def test_round_all_down_fails_open_and_keeps_connections(rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    r.round()
+    r.prober.set("refused", M1, M2, M3)
+    with caplog.at_level(logging.INFO, logger="kubeha-apiserver-guard"):
+        r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+    assert r.guard.snapshot().fail_open
+    assert r.runner.commands("ss") == []
+    assert "no IPv4 apiserver is ready: failing open" in caplog.text
+    assert "backend 10.0.0.12:6443 up -> down: connection refused" in caplog.text
+    r.prober.set("ok", M1)
+    r.round()
+    assert r.runner.commands("ss") == []
+    r.round()  # M1 is back (rise 2): failing open ends, and the connections to M2 and M3 are closed now
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 0, "10.0.0.13:6443": 0}
+    assert not r.guard.snapshot().fail_open
+    assert len(r.runner.commands("ss")) == 2  # the node's own connections to M2 (none to M3)
+    assert r.runner.commands("conntrack") == [
+        *conntrack_commands(M2, [VIP4], PORT),
+        *conntrack_commands(M3, [VIP4], PORT),
+    ]
+
+
+def test_round_master_prefers_its_own_apiserver_with_fo(rig: RigFactory) -> None:
+    r = rig(local_addresses=["10.0.0.11"], prefer_local=True)
+    r.round()
+    service = r.ipvs.services[(VIP4, PORT, "tcp")]
+    assert service.scheduler == "fo"
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 2, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+
+
+def test_round_without_changes_applies_nothing_and_writes_nothing(rig: RigFactory) -> None:
+    r = rig()
+    r.round()
+    applied = len(r.ipvs.applied)
+    mtime = os.stat(r.cfg.state_file).st_mtime_ns
+    r.round()
+    assert len(r.ipvs.applied) == applied
+    assert os.stat(r.cfg.state_file).st_mtime_ns == mtime
+    assert r.runner.calls == []
+
+
+def test_round_restores_a_service_deleted_behind_its_back(rig: RigFactory) -> None:
+    r = rig()
+    r.round()
+    del r.ipvs.services[(VIP4, PORT, "tcp")]  # e.g. kube-proxy without excludeCIDRs
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+
+
+def test_fast_check_takes_a_refused_backend_down_at_once(rig: RigFactory) -> None:
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    r.round()
+    r.runner.calls.clear()
+    r.connects[M2] = "refused"
+    [transition] = r.guard.fast_check_once()
+    assert transition.describe() == "backend 10.0.0.12:6443 up -> down: connection refused"
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 0
+    assert len(r.runner.commands("ss")) == 2
+    assert r.guard.fast_check_once() == []  # only backends that are up are checked
+
+
+def test_apply_error_is_logged_once_and_retried(rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:
+    r = rig()
+    r.ipvs.fail = "adding TCP 169.254.100.1:6443: EPERM"
+    with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
+        r.round()
+        r.round()
+    assert caplog.text.count("applying IPVS: adding TCP 169.254.100.1:6443: EPERM") == 1
+    assert r.guard.snapshot().apply_errors == 2
+    r.ipvs.fail = None
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+
+
+def test_connections_are_closed_once_an_apply_succeeds(rig: RigFactory) -> None:
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    r.round()
+    r.ipvs.fail = "setting real server 10.0.0.12:6443: ENOMEM"
+    r.prober.set("refused", M2)
+    r.round()
+    assert r.runner.commands("ss") == []  # new connections may still reach M2: closing would not help yet
+    r.ipvs.fail = None
+    r.round()
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 0
+    assert len(r.runner.commands("ss")) == 2
+    r.round()
+    assert r.runner.commands("ss") == []  # once only
+
+
+def test_dual_stack_rounds_program_one_service_per_family(rig: RigFactory) -> None:
+    r = rig(vip=[VIP4, VIP6], seeds=["10.0.0.11:6443", "[fd00::11]:6443"])
+    r.prober.set("refused", M6)
+    r.round()
+    assert r.ipvs.weights(VIP4) == {"10.0.0.11:6443": 1}
+    assert r.ipvs.weights(VIP6) == {"[fd00::11]:6443": 1}  # the only IPv6 backend: fail open
+    assert r.guard.snapshot().fail_open
+
+
+def test_startup_restores_the_last_good_state_before_any_probe(rig: RigFactory) -> None:
+    r = rig()
+    write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M2, M3], {M1: UP, M2: DOWN, M3: UP}))
+    assert r.guard.startup() is True
+    assert r.prober.rounds == 0
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 0, "10.0.0.13:6443": 1}
+
+
+def test_startup_removes_the_service_of_an_old_vip(rig: RigFactory) -> None:
+    r = rig()
+    old = Service("169.254.100.9", PORT, real_servers=(RealServer("10.0.0.11", 6443),))
+    r.ipvs.services[old.key] = old
+    write_state(r.cfg.state_file, make_state(["169.254.100.9"], PORT, [M1], {M1: UP}))
+    r.guard.startup()
+    assert old.key not in r.ipvs.services
+    assert (VIP4, PORT, "tcp") in r.ipvs.services
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+def test_serve_notifies_systemd_after_the_restore_or_after_the_first_round(rig: RigFactory, with_state: bool) -> None:
+    r = rig()
+    if with_state:
+        write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M2, M3], {M1: UP}))
+    scripted = r.prober
+
+    def stop_after_one_round(backends: Sequence[Backend], settings: ProbeSettings) -> dict[Backend, ProbeResult]:
+        r.guard.request_stop()  # what SIGTERM does
+        return scripted(backends, settings)
+
+    r.guard.hooks.prober = stop_after_one_round
+    assert r.guard.serve() == 0
+    expected = ["notify:READY=1", "probe"] if with_state else ["probe", "notify:READY=1"]
+    assert r.events == [*expected, "notify:STOPPING=1"]
+    assert (VIP4, PORT, "tcp") in r.ipvs.services  # stopping leaves the data path in place
+
+
+def test_discovery_adds_backends_and_never_drops_the_seeds(rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:
+    r = rig(
+        seeds=["10.0.0.11:6443", "10.0.0.12:6443"],
+        local_addresses=["10.0.0.12"],
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True},
+    )
+    assert r.guard.discover_once() is False  # nothing is up yet: nobody to ask
+    r.round()
+    r.discovered = frozenset({M1, M4})
+    assert r.guard.discover_once()
+    assert r.events[-1] == "discover:10.0.0.12:6443,10.0.0.11:6443"  # the local apiserver first
+    assert r.guard.backends == (M1, M2, M4)
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.14:6443": 1}
+    r.discovered = frozenset({M1})
+    r.guard.discover_once()
+    assert r.guard.backends == (M1, M2)
+    r.discovery_error = GuardError("discovery failed: 10.0.0.12:6443: forbidden")
+    with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
+        assert not r.guard.discover_once()
+        assert not r.guard.discover_once()
+    assert caplog.text.count("forbidden") == 1
+    assert r.guard.backends == (M1, M2)
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1}
+    assert r.guard.snapshot().discovered == 1
+
+
+def test_restart_remembers_discovered_backends(rig: RigFactory) -> None:
+    r = rig(
+        seeds=["10.0.0.11:6443"],
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True},
+    )
+    write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M4], {M1: UP, M4: UP}))
+    r.guard.startup()
+    assert r.guard.backends == (M1, M4)
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.14:6443": 1}
+
+
+def test_reload_keeps_the_old_configuration_when_the_new_one_is_bad(
+    rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = rig()
+    path = Path(r.guard.config_path or "")
+    path.write_text(json.dumps(config_doc(r.tmp_path, port=0)))
+    with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
+        assert not r.guard.reload_config()
+    assert "keeping the current configuration" in caplog.text
+    assert "port 0 is out of range 1..65535" in caplog.text
+    path.write_text(json.dumps(config_doc(r.tmp_path, mode="haproxy")))
+    assert not r.guard.reload_config()
+    assert r.guard.cfg.mode == "ipvs"
+
+
+def test_reload_applies_a_new_seed_list_without_touching_the_others(rig: RigFactory) -> None:
+    r = rig()
+    r.round()
+    applied = len(r.ipvs.applied)
+    path = Path(r.guard.config_path or "")
+    path.write_text(json.dumps(config_doc(r.tmp_path, seeds=["10.0.0.11:6443", "10.0.0.12:6443", "10.0.0.14:6443"])))
+    assert r.guard.reload_config()
+    new_actions = [a.describe() for a in r.ipvs.applied[applied:]]
+    # the new backend is known to nobody yet (weight 0 until probed); the one removed goes; the others stay
+    assert new_actions == [
+        "add real server 10.0.0.14:6443 to TCP 169.254.100.1:6443 (weight 0, masquerade)",
+        "delete real server 10.0.0.13:6443 from TCP 169.254.100.1:6443",
+    ]
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.14:6443": 1}
+
+
+def test_haproxy_mode_writes_the_configuration_and_reloads_only_on_change(rig: RigFactory, tmp_path: Path) -> None:
+    (tmp_path / "client.crt").write_text(CERT)
+    (tmp_path / "client.key").write_text(KEY)
+    r = rig(
+        mode="haproxy",
+        client_cert_file=str(tmp_path / "client.crt"),
+        client_key_file=str(tmp_path / "client.key"),
+        haproxy={
+            "config_path": str(tmp_path / "etc" / "haproxy.cfg"),
+            "pem_path": str(tmp_path / "etc" / "client.pem"),
+        },
+    )
+    r.round()
+    cfg_text = (tmp_path / "etc" / "haproxy.cfg").read_text()
+    assert "    server 10.0.0.13_6443 ipv4@10.0.0.13:6443" in cfg_text
+    assert f" crt {tmp_path / 'etc' / 'client.pem'} " in cfg_text
+    pem = tmp_path / "etc" / "client.pem"
+    assert pem.read_text() == CERT + KEY
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    reload = ["systemctl", "reload", "kubeha-apiserver-haproxy.service"]
+    assert r.runner.commands("systemctl") == [reload]
+    assert r.ipvs.applied == []
+
+    r.round()
+    assert r.runner.commands("systemctl") == []  # same set: byte-identical text, no reload
+
+    r.prober.set("refused", M2)  # haproxy checks for itself: health changes do not rewrite the file
+    r.round()
+    assert r.runner.commands("systemctl") == []
+
+    r.guard._set_backends(backend_set(r.cfg.seeds, [M4]))
+    r.round()
+    assert r.runner.commands("systemctl") == [reload]
+    assert "10.0.0.14_6443" in (tmp_path / "etc" / "haproxy.cfg").read_text()
+
+
+def test_haproxy_reload_failure_is_retried_later(rig: RigFactory, tmp_path: Path) -> None:
+    r = rig(mode="haproxy", haproxy={"config_path": str(tmp_path / "haproxy.cfg")})
+    r.runner.respond(["systemctl"], (1, "", "Job for kubeha-apiserver-haproxy.service failed."))
+    r.round()
+    assert len(r.runner.commands("systemctl")) == 1
+    assert r.guard.snapshot().apply_errors == 1
+    r.round()
+    assert r.runner.commands("systemctl") == []  # not every round
+    r.runner.respond(["systemctl"], (0, "", ""))
+    r.clock.now += 30
+    r.round()
+    assert len(r.runner.commands("systemctl")) == 1
+
+
+def test_metrics_server_and_healthz(rig: RigFactory) -> None:
+    r = rig()
+    server = MetricsServer(r.guard, "127.0.0.1", 0)
+    server.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            opener.open(base + "/healthz", timeout=5)
+        assert caught.value.code == 503
+        r.round()
+        with opener.open(base + "/healthz", timeout=5) as answer:
+            assert answer.read() == b"ok\n"
+        with opener.open(base + "/metrics", timeout=5) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert 'kubeha_apiserver_backend_up{backend="10.0.0.12:6443"} 1' in answer.read().decode()
+        r.clock.now += 10
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            opener.open(base + "/healthz", timeout=5)
+        assert caught.value.code == 503
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            opener.open(base + "/", timeout=5)
+        assert caught.value.code == 404
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def test_main_with_a_bad_configuration_exits_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "guard.json"
+    path.write_text(json.dumps({"vip": [VIP4]}))
+    assert main(["--config", str(path), "--once"]) == 2
+    assert "seeds is required" in caplog.text
+
+
+def test_main_once(rig: RigFactory) -> None:
+    r = rig()
+    path = Path(r.guard.config_path or "")
+    path.write_text(json.dumps(config_doc(r.tmp_path)))
+    assert main(["--config", str(path), "--once"], r.hooks) == 0
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+    r.prober.set("fail", M1, M2, M3)
+    os.unlink(r.cfg.state_file)
+    assert main(["--config", str(path), "--once"], r.hooks) == 1
+
+
+def test_main_cleanup_removes_everything(rig: RigFactory) -> None:
+    r = rig()
+    r.round()
+    write_state(r.cfg.state_file, make_state([VIP4, "169.254.100.9"], PORT, [M1], {M1: UP}))
+    other = Service("10.96.0.1", 443, real_servers=(RealServer("10.0.0.11", 6443),))  # kube-proxy's
+    r.ipvs.services[other.key] = other
+    path = Path(r.guard.config_path or "")
+    path.write_text(json.dumps(config_doc(r.tmp_path)))
+    r.runner.calls.clear()
+    assert main(["--config", str(path), "--cleanup"], r.hooks) == 0
+    assert list(r.ipvs.services) == [other.key]
+    assert not os.path.exists(r.cfg.state_file)
+    assert ["nft", "delete", "table", "inet", NFT_TABLE] in r.runner.calls
+    assert ["ip", "link", "del", "dev", "kha0"] in r.runner.calls
+
+
+def test_cleanup_reports_failures(rig: RigFactory) -> None:
+    r = rig()
+    r.runner.respond(["nft", "delete"], (1, "", "Error: Operation not permitted"))
+    assert cleanup(r.cfg, r.hooks) == 1
+
+
+def test_guard_state_health_property() -> None:
+    state = GuardState((VIP4,), PORT, ((M1, UP),))
+    assert state.health == {M1: UP}

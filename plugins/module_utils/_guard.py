@@ -534,10 +534,21 @@ def _is_dummy(link: Mapping[str, Any]) -> bool:
     return (link.get("linkinfo") or {}).get("info_kind") == "dummy"
 
 
+# The loopback interface can hold the VIPs where the kernel has no dummy interfaces (e.g. containers that share
+# a host kernel without the dummy module): the guard then only adds and removes its own VIP addresses there.
+LOOPBACK = "lo"
+
+
 def ensure_interface(interface: str, vips: Sequence[str], runner: Runner) -> list[str]:
     """Create the dummy interface if needed, bring it up and hold exactly the VIPs; what was changed."""
     changes = []
     link = _show_link(runner, interface)
+    if interface == LOOPBACK:
+        commands = [argv for argv in address_commands(interface, vips, link or {}) if argv[:3] != ["ip", "addr", "del"]]
+        for argv in commands:
+            _check(runner, argv)
+            changes.append(" ".join(argv))
+        return changes
     if link is None:
         _check(runner, ["ip", "link", "add", interface, "type", "dummy"])
         changes.append(f"created dummy interface {interface}")
@@ -621,7 +632,12 @@ def remove_plumbing(cfg: GuardConfig, runner: Runner) -> list[str]:
         _check(runner, ["nft", "delete", "table", "inet", NFT_TABLE])
         removed.append(f"nftables table inet {NFT_TABLE}")
     link = _show_link(runner, cfg.interface)
-    if link is not None:
+    if cfg.interface == LOOPBACK:
+        for vip in cfg.vips:
+            prefix = 32 if ipaddress.ip_address(vip).version == 4 else 128
+            if runner(["ip", "addr", "del", f"{vip}/{prefix}", "dev", LOOPBACK])[0] == 0:
+                removed.append(f"address {vip}/{prefix} on {LOOPBACK}")
+    elif link is not None:
         if not _is_dummy(link):
             raise GuardError(f"interface {cfg.interface} is not a dummy interface: not deleting it")
         _check(runner, ["ip", "link", "del", "dev", cfg.interface])

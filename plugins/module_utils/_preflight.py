@@ -130,6 +130,8 @@ def check(
             for v in vips:
                 if iface == own_interface or v.version != iface_net.version:
                     continue
+                if iface == "lo" and iface_net.ip == v and iface_net.network.prefixlen == iface_net.max_prefixlen:
+                    continue  # the proxy's own VIP where it lives on loopback (haproxy mode)
                 if iface_net.ip == v:
                     errors.append(f"VIP {v} is already in use on interface {iface}")
                 elif iface_net.network.prefixlen < iface_net.max_prefixlen and v in iface_net.network:

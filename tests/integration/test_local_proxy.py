@@ -82,7 +82,7 @@ def drill(node, victim) -> dict:
     )  # fmt: skip
     time.sleep(3)
     killed_at = time.time() + offset
-    labmod.ssh(victim, "systemctl kill --signal=SIGKILL kube-apiserver")
+    labmod.ssh(victim, "kill -KILL $(systemctl show -p MainPID --value kube-apiserver)")
     out = load.communicate(timeout=60)[0]
     run = json.loads(out)
     failures = [t - killed_at for t, ok, _error in run["results"] if not ok]

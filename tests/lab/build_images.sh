@@ -25,7 +25,7 @@ node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,
 mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light socat curl)
 
 # Bump IMAGE_REV when this script's output changes in a way the package lists do not show.
-IMAGE_REV=2
+IMAGE_REV=3
 key=$( { echo "$IMAGE_REV $DEBIAN_SUITE"; echo "$node_pkgs ${mirror_pkgs[*]} "; } | sha256sum | cut -c1-12)
 out="$cache/images/$DEBIAN_SUITE-$key"
 if [[ -f $out/.complete ]]; then
@@ -69,6 +69,7 @@ trap - EXIT
 log "configuring the node image"
 # Air-gapped like a site without internet: apt sees only the site mirror the seed names.
 rm -f "$rootfs"/etc/apt/sources.list "$rootfs"/etc/apt/sources.list.d/*
+rm -rf "$rootfs"/var/lib/apt/lists/*
 : >"$rootfs/etc/machine-id"
 echo 'LANG=C.UTF-8' >"$rootfs/etc/default/locale"
 # qemu nodes: the root disk and the seed disk; nspawn nodes get the seed as a bind mount instead.

@@ -57,8 +57,10 @@ lab-test: lab-build
 test: lint sanity lab-build
 	$(BIN)/pytest tests/unit tests/integration tests/lab -q -p no:cacheprovider
 
+# The main job against the built-in lab: lab up, playbooks/site.yml, then a master killed under load.
 demo: lab-up
 	$(PY) tests/lab/lab.py status
+	$(PY) tests/lab/scenarios.py
 
 clean: lab-down
 	rm -rf .build

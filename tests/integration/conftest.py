@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lab as labmod
 import pytest
+from scenarios import collections_path
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = Path(__file__).resolve().parent / "files"
@@ -19,16 +20,6 @@ NODE_VENV = "/opt/kubeha-test/venv"
 BACKEND_PORT = 18080
 # The test virtual servers: link-local and ULA addresses nothing else in the lab uses.
 VIP4, VIP6, VIP_PORT = "169.254.210.1", "fd88:210::1", 16443
-
-
-def collections_path() -> Path:
-    """This checkout, seen by Ansible as kubeha.apiserver (a symlink, so tests always run the current code)."""
-    root = REPO / ".build" / "test-collections"
-    link = root / "ansible_collections" / "kubeha" / "apiserver"
-    if not link.is_symlink():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO)
-    return root
 
 
 def run_module(node: labmod.Node, module: str, args: dict, *, check: bool = False, diff: bool = False,

@@ -6,26 +6,18 @@ Runs after the module suites (file order) and leaves the proxy installed for the
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import lab as labmod
 import pytest
-from conftest import FILES, REPO, collections_path
-
-VIP4, PORT = "169.254.100.1", 6444
+from conftest import FILES
+from scenarios import PORT, VIP4, drill, playbook
 
 
 def site(*extra: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"ANSIBLE_COLLECTIONS_PATH": str(collections_path()), "ANSIBLE_HOST_KEY_CHECKING": "False"}
-    playbook = str(Path(sys.executable).parent / "ansible-playbook")
-    argv = [playbook, "-i", str(labmod.WORK / "inventory.yml"), str(REPO / "playbooks" / "site.yml"), *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=env, check=False)
+    return playbook("site", *extra)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -70,24 +62,6 @@ def test_ipvs_node_lists_every_master_and_userspace_nodes_run_haproxy(installed,
             for m in masters:
                 assert f"{m.addr4}:6443" in config, config
             assert labmod.ssh(node, "systemctl is-active kubeha-apiserver-haproxy").stdout.strip() == "active"
-
-
-def drill(node, victim) -> dict:
-    """SIGKILL the victim's apiserver while `node` opens a new connection through its VIP every 100 ms."""
-    script = (FILES / "vip_load.py").read_text()
-    offset = float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()  # node clock minus host clock (approx.)
-    load = subprocess.Popen(
-        labmod.ssh_argv(node, f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt 12 0.1"),
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(3)
-    killed_at = time.time() + offset
-    labmod.ssh(victim, "kill -KILL $(systemctl show -p MainPID --value kube-apiserver)")
-    out = load.communicate(timeout=60)[0]
-    run = json.loads(out)
-    failures = [t - killed_at for t, ok, _error in run["results"] if not ok]
-    return {"requests": len(run["results"]), "failed": len(failures), "last_failure_s": max(failures, default=None),
-            "errors": sorted({e for _t, ok, e in run["results"] if not ok})[:3]}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["ipvs", "haproxy"])

@@ -43,6 +43,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
     connections_to,
     conntrack_commands,
     discover_backends,
+    ensure_interface,
     ensure_plumbing,
     load_config,
     main,
@@ -1152,3 +1153,22 @@ def test_cleanup_reports_failures(rig: RigFactory) -> None:
 def test_guard_state_health_property() -> None:
     state = GuardState((VIP4,), PORT, ((M1, UP),))
     assert state.health == {M1: UP}
+
+
+def test_loopback_holds_the_vips_without_touching_its_own_addresses(tmp_path: Path) -> None:
+    # Where the kernel has no dummy interfaces (nspawn nodes sharing a host kernel), haproxy mode puts the VIP
+    # on lo: only the VIP is added, 127.0.0.1 and any other address stay, and cleanup removes only the VIP.
+    runner = FakeRunner()
+    lo = {"ifname": "lo", "flags": ["LOOPBACK", "UP"], "addr_info": [
+        {"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"},
+        {"family": "inet", "local": "10.99.0.1", "prefixlen": 32, "scope": "global"}]}  # fmt: skip
+    runner.respond(["ip", "-d", "-j", "addr", "show"], (0, json.dumps([lo]), ""))
+    changes = ensure_interface("lo", [VIP4], runner)
+    assert changes == [f"ip addr add {VIP4}/32 dev lo"]
+    assert not [c for c in runner.calls if c[:3] in (["ip", "addr", "del"], ["ip", "link", "add"])]
+    cfg = parse_config(config_doc(tmp_path, mode="haproxy", interface="lo"))
+    cleanup = FakeRunner()
+    cleanup.respond(["nft", "list"], (1, "", "no such table"))
+    removed = remove_plumbing(cfg, cleanup)
+    assert removed == [f"address {VIP4}/32 on lo"]
+    assert ["ip", "link", "del", "dev", "lo"] not in cleanup.calls

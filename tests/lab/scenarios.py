@@ -1,0 +1,93 @@
+"""What the lab does with the collection: run its playbooks, and fail a master while a node sends traffic.
+
+Used by the integration tests and by `make demo` (python3 tests/lab/scenarios.py demo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lab as labmod
+
+REPO = labmod.REPO
+LOAD_SCRIPT = REPO / "tests" / "integration" / "files" / "vip_load.py"
+VIP4, PORT = "169.254.100.1", 6444
+
+
+def collections_path() -> Path:
+    """This checkout, seen by Ansible as kubeha.apiserver (a symlink, so runs always use the current code)."""
+    root = REPO / ".build" / "test-collections"
+    link = root / "ansible_collections" / "kubeha" / "apiserver"
+    if not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REPO)
+    return root
+
+
+def ansible_env() -> dict[str, str]:
+    return os.environ | {"ANSIBLE_COLLECTIONS_PATH": str(collections_path()), "ANSIBLE_HOST_KEY_CHECKING": "False"}
+
+
+def playbook(name: str, *extra: str, capture: bool = True) -> subprocess.CompletedProcess:
+    """playbooks/NAME.yml against the lab's inventory."""
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml")]
+    argv += [str(REPO / "playbooks" / f"{name}.yml"), *extra]
+    return subprocess.run(argv, capture_output=capture, text=True, timeout=1800, env=ansible_env(), check=False)
+
+
+def drill(node: labmod.Node, victim: labmod.Node, seconds: float = 12, interval: float = 0.1) -> dict:
+    """SIGKILL the victim's apiserver while `node` opens a new connection through its VIP every `interval`.
+
+    Bounded: the load stops by itself after `seconds`. Times are seconds after the kill, on the node's clock
+    corrected by an offset measured over SSH (a few tens of milliseconds of uncertainty).
+    """
+    script = LOAD_SCRIPT.read_text()
+    offset = float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
+    cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {seconds} {interval}"
+    load = subprocess.Popen(labmod.ssh_argv(node, cmd), stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    killed_at = time.time() + offset
+    labmod.ssh(victim, "kill -KILL $(systemctl show -p MainPID --value kube-apiserver)")
+    run = json.loads(load.communicate(timeout=seconds + 60)[0])
+    failures = [round(t - killed_at, 3) for t, ok, _error in run["results"] if not ok]
+    return {
+        "requests": len(run["results"]),
+        "failed": len(failures),
+        "first_failure_s": min(failures, default=None),
+        "last_failure_s": max(failures, default=None),
+        "errors": sorted({e for _t, ok, e in run["results"] if not ok})[:3],
+    }
+
+
+def demo() -> int:
+    """`make demo`: site.yml on the running lab, then a master killed while two nodes keep answering."""
+    state = labmod.load_state()
+    nodes = {raw["name"]: labmod.Node(**raw) for raw in state["nodes"]}
+    print("== playbooks/site.yml on the lab", flush=True)
+    result = playbook("site", capture=False)
+    if result.returncode != 0:
+        return result.returncode
+    masters = [n for n in nodes.values() if n.role == "control-plane"]
+    victim = masters[1] if len(masters) > 1 else masters[0]
+    for node in [n for n in nodes.values() if n.role == "worker"]:
+        mode = "IPVS" if node.has_ipvs else "haproxy"
+        print(f"\n== failover: {node.name} ({mode}) requests https://{VIP4}:{PORT}/readyz every 100 ms;"
+              f" {victim.name}'s kube-apiserver gets SIGKILL after 3 s", flush=True)  # fmt: skip
+        outcome = drill(node, victim)
+        gap = "no failed request" if not outcome["failed"] else (
+            f"{outcome['failed']} failed, from {outcome['first_failure_s']} s to {outcome['last_failure_s']} s "
+            f"after the kill ({'; '.join(outcome['errors'])})")  # fmt: skip
+        print(f"   {outcome['requests']} requests: {gap}", flush=True)
+        labmod.wait_for(f"{victim.name}'s apiserver back", lambda: labmod.readyz(victim.addr4), 120)
+        print(f"   {victim.name}'s apiserver is back (systemd restarted it)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(demo())

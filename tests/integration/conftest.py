@@ -138,7 +138,8 @@ def restart_kube_proxy(node: labmod.Node) -> None:
     labmod.wait_for(f"two kube-proxy syncs on {node.name}", synced_twice, 90)
 
 
-@pytest.fixture(scope="session")
+# Module scope: its teardown must run while the lab is still up (the suite ends by taking the lab down).
+@pytest.fixture(scope="module")
 def vips_excluded(control_node, ipvs_node):
     """The test VIPs in kube-proxy's excludeCIDRs (else kube-proxy deletes their IPVS services), then removed."""
     args = {"cidrs": [VIP4, VIP6], "kubeconfig": "/etc/kubernetes/admin.conf"}

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lab as labmod
@@ -41,10 +42,15 @@ def playbook(name: str, *extra: str, capture: bool = True) -> subprocess.Complet
     return subprocess.run(argv, capture_output=capture, text=True, timeout=1800, env=ansible_env(), check=False)
 
 
-def drill(node: labmod.Node, victim: labmod.Node, seconds: float = 12, interval: float = 0.1) -> dict:
-    """SIGKILL the victim's apiserver while `node` opens a new connection through its VIP every `interval`.
+def kill_apiserver(victim: labmod.Node) -> None:
+    """SIGKILL the apiserver process (systemd restarts it after RestartSec, as a crashed master would)."""
+    labmod.ssh(victim, "kill -KILL $(systemctl show -p MainPID --value kube-apiserver)")
 
-    Bounded: the load stops by itself after `seconds`. Times are seconds after the kill, on the node's clock
+
+def drill(node: labmod.Node, event: Callable[[], None], seconds: float = 12, interval: float = 0.1) -> dict:
+    """Run `event` 3 s into a steady load from `node` through its VIP: a new TLS connection every `interval`.
+
+    Bounded: the load stops by itself after `seconds`. Times are seconds after the event, on the node's clock
     corrected by an offset measured over SSH (a few tens of milliseconds of uncertainty).
     """
     script = LOAD_SCRIPT.read_text()
@@ -52,10 +58,10 @@ def drill(node: labmod.Node, victim: labmod.Node, seconds: float = 12, interval:
     cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {seconds} {interval}"
     load = subprocess.Popen(labmod.ssh_argv(node, cmd), stdout=subprocess.PIPE, text=True)
     time.sleep(3)
-    killed_at = time.time() + offset
-    labmod.ssh(victim, "kill -KILL $(systemctl show -p MainPID --value kube-apiserver)")
+    event_at = time.time() + offset
+    event()
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
-    failures = [round(t - killed_at, 3) for t, ok, _error in run["results"] if not ok]
+    failures = [round(t - event_at, 3) for t, ok, _error in run["results"] if not ok]
     return {
         "requests": len(run["results"]),
         "failed": len(failures),
@@ -79,7 +85,7 @@ def demo() -> int:
         mode = "IPVS" if node.has_ipvs else "haproxy"
         print(f"\n== failover: {node.name} ({mode}) requests https://{VIP4}:{PORT}/readyz every 100 ms;"
               f" {victim.name}'s kube-apiserver gets SIGKILL after 3 s", flush=True)  # fmt: skip
-        outcome = drill(node, victim)
+        outcome = drill(node, lambda: kill_apiserver(victim))
         gap = "no failed request" if not outcome["failed"] else (
             f"{outcome['failed']} failed, from {outcome['first_failure_s']} s to {outcome['last_failure_s']} s "
             f"after the kill ({'; '.join(outcome['errors'])})")  # fmt: skip

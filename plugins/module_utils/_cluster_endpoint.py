@@ -654,6 +654,8 @@ def _edit_sans(text: str, new_sans: list[Any], what: str) -> str:
 
 def render_sans(text: str, config: Mapping[str, Any], new_sans: list[Any], what: str = "ClusterConfiguration") -> str:
     """``text`` with ``apiServer.certSANs`` equal to ``new_sans`` (the key removed when empty), verified."""
+    if list(new_sans) == current_sans(config):
+        return text
     new_text = _edit_sans(text, list(new_sans), what)
     expected = copy.deepcopy(dict(config))
     api_server = dict(expected.get("apiServer") or {})
@@ -839,8 +841,8 @@ def wait_signed(
     expected: str,
     timeout: float,
     interval: float = 1.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
     now: Callable[[], datetime.datetime] | None = None,
 ) -> list[str]:
     """Poll until every signing token's JWS in cluster-info validates against ``expected``; their ids.
@@ -850,6 +852,8 @@ def wait_signed(
     ``expected`` (someone else changed it).
     """
     target = TARGET_SPECS[CLUSTER_INFO]
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
     now = now or (lambda: datetime.datetime.now(datetime.UTC))
     deadline = clock() + timeout
     while True:
@@ -936,8 +940,8 @@ def run(
     params: Mapping[str, Any],
     client_factory: Callable[[], Any],
     check_mode: bool,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> Outcome:
     """Validate, read every target, plan them all, then write the changed ones (unless ``check_mode``).
 

@@ -995,16 +995,8 @@ def run(
             if not plans[target.name].changed:
                 continue
             seen: list[ServerPlan | SansPlan] = []
-
-            def mutate(
-                obj: dict[str, Any], target: Target = target, seen: list[ServerPlan | SansPlan] = seen
-            ) -> dict[str, Any] | None:
-                plan = _plan(target, obj, server, sans, state)
-                seen.append(plan)
-                return _apply(obj, plan) if plan.changed else None
-
             try:
-                update_with_retry(client, target.path, mutate)
+                update_with_retry(client, target.path, _mutator(target, server, sans, state, seen))
             except (KubeAPIError, ClusterEndpointError) as exc:
                 raise AfterChangeError(_after_change(f"{target.where}: {exc}", written), outcome()) from exc
             if seen:
@@ -1027,6 +1019,19 @@ def run(
         close = getattr(client, "close", None)
         if callable(close):
             close()
+
+
+def _mutator(
+    target: Target, server: str | None, sans: list[str], state: str, seen: list[ServerPlan | SansPlan]
+) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """The ``mutate`` of ``update_with_retry``: plan again on the fresh object, note the plan in ``seen``."""
+
+    def mutate(obj: dict[str, Any]) -> dict[str, Any] | None:
+        plan = _plan(target, obj, server, sans, state)
+        seen.append(plan)
+        return _apply(obj, plan) if plan.changed else None
+
+    return mutate
 
 
 def _unchanged(plan: ServerPlan | SansPlan) -> ServerPlan | SansPlan:

@@ -466,7 +466,7 @@ def test_detached_jws_matches_the_bootstrapsigner() -> None:
     assert not ce.signature_valid(LAB_JWS, edited, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
     assert not ce.signature_valid(LAB_JWS, CLUSTER_INFO, LAB_TOKEN_ID, "0" * 16)
     assert not ce.signature_valid(None, CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
-    header = LAB_JWS.split(".")[0]
+    header = LAB_JWS.split(".", maxsplit=1)[0]
     assert base64.urlsafe_b64decode(header + "==") == b'{"alg":"HS256","kid":"da836c"}'
 
 

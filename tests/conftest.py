@@ -22,6 +22,9 @@ def lab():
     if os.geteuid() != 0:
         pytest.fail("the lab suite needs root (network namespaces, mounts, nspawn, qemu)")
     if not labmod.load_state() or labmod.cmd_status() != 0:
+        if os.environ.get("KUBEHA_LAB_REUSE_ONLY"):
+            # A second session sharing the lab must never bring up (or replace) the one that runs.
+            pytest.fail("KUBEHA_LAB_REUSE_ONLY is set and no healthy lab is running")
         subprocess.run([sys.executable, str(labmod.HERE / "lab.py"), "up"], check=True)
     # The suite's last test takes the lab down and checks that nothing is left (test_zz_down.py).
     return labmod.load_state()

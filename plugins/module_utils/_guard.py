@@ -10,10 +10,11 @@ Run as ``python -m ansible_collections.kubeha.apiserver.plugins.module_utils._gu
 (``--once``: one round, then exit; ``--cleanup``: remove everything the guard set up). One main loop,
 every ``interval_s``: probe every backend's ``/readyz`` -> hysteresis -> weights -> apply (IPVS through
 ``_ipvs``, or a haproxy configuration and a reload) -> close the connections of backends that went down
--> state file -> metrics. Beside it, small threads: a fast TCP check that takes a refused backend down
-within ``fast_check_interval_s`` (IPVS does not retry another backend, so this bounds failed requests
-after a master dies), discovery of the masters from the ``kubernetes`` EndpointSlices, and the metrics
-endpoint. Every change of the data path happens under one lock.
+-> state file -> metrics. Beside it, small threads: a fast TCP check every ``fast_check_interval_s`` that
+takes a backend down at once when its connect is refused (the apiserver died) or when ``fall`` connects in
+a row get no answer within ``connect_timeout_s`` (the host died or is black-holed); IPVS does not retry
+another backend, so this bounds the failed requests after a master fails. Then discovery of the masters
+from the ``kubernetes`` EndpointSlices, and the metrics endpoint. Every change of the data path happens under one lock.
 
 SIGHUP reloads the configuration (an invalid one is logged and the old one kept); SIGTERM and SIGINT stop
 the guard WITHOUT removing anything, so the data path keeps working while it restarts.
@@ -168,6 +169,7 @@ class GuardConfig:
     rise: int = 2
     fall: int = 2
     fast_check_interval_s: float = 0.25
+    connect_timeout_s: float = 0.5
     state_file: str = DEFAULT_STATE_FILE
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 9445
@@ -186,6 +188,7 @@ class GuardConfig:
             client_pem_file=self.haproxy.pem_path if self.client_cert_file else None,
             interval_s=self.interval_s,
             timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
             rise=self.rise,
             fall=self.fall,
             stats_socket=self.haproxy.stats_socket,
@@ -207,6 +210,7 @@ TOP_KEYS = (
     "rise",
     "fall",
     "fast_check_interval_s",
+    "connect_timeout_s",
     "state_file",
     "metrics_address",
     "metrics_port",
@@ -401,6 +405,7 @@ def parse_config(doc: Any, source: str = "config") -> GuardConfig:
         rise=top.integer("rise", 2, 1, 100),
         fall=top.integer("fall", 2, 1, 100),
         fast_check_interval_s=top.number("fast_check_interval_s", 0.25, 0.05, 60.0, zero_ok=True),
+        connect_timeout_s=top.number("connect_timeout_s", 0.5, 0.05, 10.0),
         state_file=top.path("state_file", DEFAULT_STATE_FILE) or DEFAULT_STATE_FILE,
         metrics_address=metrics_address,
         metrics_port=top.integer("metrics_port", 9445, 0, 65535),
@@ -1136,6 +1141,7 @@ class Guard:
         self._plumbed = False
         self._plumbing_retry_at = 0.0
         self._pending_close: set[Backend] = set()
+        self._unanswered: dict[Backend, int] = {}  # unanswered fast-check connects in a row
         self._state_written: dict[str, Any] | None = None
         self._haproxy_applied: str | None = None
         self._reload_pending = False
@@ -1224,19 +1230,33 @@ class Guard:
         return self._prober.probe_all(backends, settings)
 
     def fast_check_once(self) -> list[Transition]:
-        """TCP-connect every backend that is up; a refused one goes down and is applied at once."""
+        """TCP-connect every backend that is up; a refused one, or one unanswered ``fall`` times in a row,
+        goes down and is applied at once. Successful connects only reset the unanswered count: readiness
+        is the TLS probe's to decide."""
         with self._lock:
             targets = [b for b in self.backends if self.tracker.state(b) == UP]
-            timeout = min(self.cfg.timeout_s, 1.0)
+            timeout = self.cfg.connect_timeout_s
         if not targets:
             return []
         results = list(self._pool.map(lambda b: self.hooks.connector(b, timeout), targets))
-        refused = [r for r in results if r.refused]
-        if not refused:
-            return []
         with self._lock:
-            current = set(self.backends)
-            return self._handle([r for r in refused if r.backend in current])
+            checked = {res.backend for res in results}
+            self._unanswered = {b: n for b, n in self._unanswered.items() if b in checked}
+            verdicts = []
+            for res in results:
+                if res.backend not in self.backends or self.tracker.state(res.backend) != UP:
+                    continue
+                if res.refused:
+                    verdicts.append(res)
+                elif not res.unanswered:
+                    self._unanswered.pop(res.backend, None)
+                elif self._unanswered.get(res.backend, 0) + 1 < self.cfg.fall:
+                    self._unanswered[res.backend] = self._unanswered.get(res.backend, 0) + 1
+                else:
+                    self._unanswered.pop(res.backend, None)
+                    error = f"{self.cfg.fall} connects in a row unanswered after {timeout:g}s"
+                    verdicts.append(ProbeResult(res.backend, False, res.latency_s, error, unreachable=True))
+            return self._handle(verdicts) if verdicts else []
 
     def _handle(self, results: Sequence[ProbeResult]) -> list[Transition]:
         transitions = self.tracker.observe(results)

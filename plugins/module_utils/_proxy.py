@@ -111,13 +111,21 @@ def parse_endpoint(text: str) -> Backend:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe of one backend. ``refused`` marks a refused TCP connect: the apiserver process is gone."""
+    """One probe of one backend.
+
+    ``refused``: a refused TCP connect, the apiserver process is gone. ``unanswered``: a TCP connect that got
+    no answer at all within its timeout (no SYN-ACK, no reset). ``unreachable``: the guard's verdict after
+    ``fall`` unanswered connects in a row, the host is gone or black-holed. A busy apiserver never causes
+    the last two: the kernel completes the handshake whatever the process is doing.
+    """
 
     backend: Backend
     ok: bool
     latency_s: float
     error: str = ""
     refused: bool = False
+    unanswered: bool = False
+    unreachable: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,7 +448,8 @@ def tcp_check(backend: Backend, timeout_s: float) -> ProbeResult:
     except ConnectionRefusedError:
         return ProbeResult(backend, False, time.monotonic() - start, "connection refused", refused=True)
     except TimeoutError:
-        return ProbeResult(backend, False, time.monotonic() - start, f"connect timed out after {timeout_s:g}s")
+        error = f"connect unanswered after {timeout_s:g}s"
+        return ProbeResult(backend, False, time.monotonic() - start, error, unanswered=True)
     except OSError as exc:
         return ProbeResult(backend, False, time.monotonic() - start, exc.strerror or str(exc))
     try:
@@ -537,8 +546,9 @@ class HealthTracker:
         error = res.error or "probe failed"
         if old == UNKNOWN:
             return self._move(backend, old, DOWN, error)
-        if old == UP and (res.refused or self._failures[backend] >= self.fall):
-            reason = error if res.refused else f"{error} ({self._failures[backend]} failed probes in a row)"
+        if old == UP and (res.refused or res.unreachable or self._failures[backend] >= self.fall):
+            at_once = res.refused or res.unreachable
+            reason = error if at_once else f"{error} ({self._failures[backend]} failed probes in a row)"
             return self._move(backend, old, DOWN, reason)
         return None
 
@@ -627,6 +637,7 @@ class HaproxySettings:
     client_pem_file: str | None = None
     interval_s: float = 1.0
     timeout_s: float = 1.0
+    connect_timeout_s: float = 0.5
     rise: int = 2
     fall: int = 2
     stats_socket: str = DEFAULT_STATS_SOCKET
@@ -674,6 +685,8 @@ def render_haproxy(
     ]
     if cfg.client_pem_file:
         check.append(f"crt {cfg.client_pem_file}")
+    # Real connections count too: `fall` failed connects in a row take a server down before its next check.
+    check += [f"observe layer4 error-limit {cfg.fall} on-error mark-down"]
     check += ["on-marked-down shutdown-sessions", "on-marked-up shutdown-backup-sessions"]
 
     lines = [
@@ -688,7 +701,8 @@ def render_haproxy(
         "defaults",
         "    mode tcp",
         "    log global",
-        "    timeout connect 1s",
+        # no SYN-ACK within this on a node's network means a dead or black-holed master, not a busy one
+        f"    timeout connect {haproxy_duration(cfg.connect_timeout_s)}",
         "    timeout client 24h",
         "    timeout server 24h",
         f"    timeout check {haproxy_duration(cfg.timeout_s)}",

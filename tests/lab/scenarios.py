@@ -61,13 +61,20 @@ def drill(node: labmod.Node, event: Callable[[], None], seconds: float = 12, int
     event_at = time.time() + offset
     event()
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
-    failures = [round(t - event_at, 3) for t, ok, _error in run["results"] if not ok]
+    return summarize(run["results"], event_at)
+
+
+def summarize(results: list, event_at: float, settle_s: float = 2.0) -> dict:
+    """Failed requests after the event, and the slowest request started `settle_s` or more after it."""
+    failures = [round(t - event_at, 3) for t, ok, _error, _took in results if not ok]
+    settled = [took for t, ok, _error, took in results if t - event_at >= settle_s]
     return {
-        "requests": len(run["results"]),
+        "requests": len(results),
         "failed": len(failures),
         "first_failure_s": min(failures, default=None),
         "last_failure_s": max(failures, default=None),
-        "errors": sorted({e for _t, ok, e in run["results"] if not ok})[:3],
+        "slowest_after_settle_s": max(settled, default=None),
+        "errors": sorted({e for _t, ok, e, _took in results if not ok})[:3],
     }
 
 

@@ -4,7 +4,7 @@
 
 The certificate is verified against the cluster CA for the name `kubernetes`, which every apiserver
 certificate carries (the VIP joins the SANs later, in the certificate step). Prints one JSON line at the end:
-{"start": t0, "results": [[t, ok, error], ...]} on the node's own clock. Each request is bounded by a 2 s
+{"start": t0, "results": [[t, ok, error, seconds], ...]} on the node's own clock. Each request is bounded by a 2 s
 timeout and the run by DURATION: it always stops by itself.
 """
 
@@ -36,8 +36,9 @@ start = time.time()
 while time.time() - start < duration:
     t = time.time()
     try:
-        results.append([t, readyz(), ""])
+        ok, error = readyz(), ""
     except Exception as exc:  # every failure is data here
-        results.append([t, False, f"{type(exc).__name__}: {exc}"[:200]])
+        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+    results.append([t, ok, error, round(time.time() - t, 4)])
     time.sleep(max(0.0, interval - (time.time() - t)))
 print(json.dumps({"start": start, "results": results}))

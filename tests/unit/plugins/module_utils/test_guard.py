@@ -256,8 +256,11 @@ class Rig:
         self.guard = Guard(self.cfg, str(tmp_path / "guard.json"), self.hooks)
 
     def connect(self, backend: Backend, timeout: float) -> ProbeResult:
+        self.events.append(f"connect:{backend}:{timeout:g}")
         if self.connects.get(backend) == "refused":
             return ProbeResult(backend, False, 0.0, "connection refused", refused=True)
+        if self.connects.get(backend) == "unanswered":
+            return ProbeResult(backend, False, timeout, f"connect unanswered after {timeout:g}s", unanswered=True)
         return ProbeResult(backend, True, 0.0)
 
     def discover(self, cfg: Any, servers: Sequence[Backend]) -> frozenset[Backend]:
@@ -880,6 +883,28 @@ def test_fast_check_takes_a_refused_backend_down_at_once(rig: RigFactory) -> Non
     assert r.ipvs.weights()["10.0.0.12:6443"] == 0
     assert len(r.runner.commands("ss")) == 2
     assert r.guard.fast_check_once() == []  # only backends that are up are checked
+
+
+def test_fast_check_takes_a_black_holed_backend_down_after_fall_unanswered_connects(rig: RigFactory) -> None:
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    r.round()
+    r.connects[M2] = "unanswered"
+    assert r.guard.fast_check_once() == []  # one unanswered connect may be a lost SYN: fall is 2
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 1
+    [transition] = r.guard.fast_check_once()
+    assert transition.describe() == "backend 10.0.0.12:6443 up -> down: 2 connects in a row unanswered after 0.5s"
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 0
+    assert f"connect:{M2}:0.5" in r.events  # connect_timeout_s, not the probe's timeout
+
+
+def test_fast_check_counts_only_unanswered_connects_in_a_row(rig: RigFactory) -> None:
+    # Negative control of the test above: an answered connect between two unanswered ones resets the count.
+    r = rig()
+    r.round()
+    for outcome in ("unanswered", "ok", "unanswered", "ok", "unanswered"):
+        r.connects[M2] = outcome
+        assert r.guard.fast_check_once() == []
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 1
 
 
 def test_apply_error_is_logged_once_and_retried(rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:

@@ -249,7 +249,7 @@ def test_haproxy_worker_configuration() -> None:
     assert "    mode tcp" in lines
     assert "    timeout client 24h" in lines
     assert "    timeout server 24h" in lines
-    assert "    timeout connect 1s" in lines
+    assert "    timeout connect 500ms" in lines
     assert "    timeout check 1s" in lines
     assert "    option httpchk GET /readyz" in lines
     assert "    http-check expect rstring ^ok$" in lines
@@ -259,7 +259,8 @@ def test_haproxy_worker_configuration() -> None:
     [default] = [line for line in lines if line.startswith("    default-server ")]
     assert default == (
         "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2 check check-ssl verify required "
-        "ca-file /etc/kubernetes/pki/ca.crt on-marked-down shutdown-sessions on-marked-up shutdown-backup-sessions"
+        "ca-file /etc/kubernetes/pki/ca.crt observe layer4 error-limit 2 on-error mark-down "
+        "on-marked-down shutdown-sessions on-marked-up shutdown-backup-sessions"
     )
     assert not any(line.endswith(" backup") for line in lines)
     assert "allbackups" not in text
@@ -292,9 +293,11 @@ def test_haproxy_rendering_is_byte_identical_for_the_same_set() -> None:
 
 
 def test_haproxy_timing_follows_the_settings() -> None:
-    text = render_haproxy(hap(interval_s=2.0, timeout_s=0.75, rise=3, fall=1), [M1], [], False)
+    text = render_haproxy(hap(interval_s=2.0, timeout_s=0.75, connect_timeout_s=0.3, rise=3, fall=1), [M1], [], False)
     assert "inter 2s fastinter 1s downinter 2s fall 1 rise 3 check" in text
     assert "    timeout check 750ms" in text
+    assert "    timeout connect 300ms" in text
+    assert " observe layer4 error-limit 1 on-error mark-down " in text
     assert haproxy_duration(0.25) == "250ms"
     assert haproxy_duration(0.0001) == "1ms"
 

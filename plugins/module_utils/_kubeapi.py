@@ -419,6 +419,10 @@ class KubeClient:
     def patch(self, path: str, body: Mapping[str, Any], content_type: str = STRATEGIC_MERGE_PATCH) -> dict[str, Any]:
         return self.request("PATCH", path, body, content_type)
 
+    def delete(self, path: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """DELETE the object at ``path``; ``options`` is a ``DeleteOptions`` body (``preconditions``...)."""
+        return self.request("DELETE", path, options)
+
 
 # --------------------------------------------------------------------------------------------------
 # Helpers built on get/put/patch (they accept any object with those methods)

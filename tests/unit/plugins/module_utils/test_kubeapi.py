@@ -322,6 +322,24 @@ def test_put_and_patch_send_json_bodies(client: KubeClient, monkeypatch: pytest.
     assert send.requests[1]["headers"]["Content-Type"] == "application/merge-patch+json"
 
 
+def test_delete_with_and_without_options(client: KubeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/r"
+    status = {"kind": "Status", "status": "Success"}
+    send = Recorder((200, json.dumps(status).encode(), "OK"), (200, b"{}", "OK"), (404, status_body("gone", 404), ""))
+    monkeypatch.setattr(client, "_send", send)
+    assert client.delete(path) == status
+    client.delete(path, {"preconditions": {"uid": "u1", "resourceVersion": "7"}})
+    assert [r["method"] for r in send.requests] == ["DELETE", "DELETE"]
+    assert send.requests[0]["data"] is None
+    assert "Content-Type" not in send.requests[0]["headers"]
+    assert json.loads(send.requests[1]["data"]) == {"preconditions": {"uid": "u1", "resourceVersion": "7"}}
+    assert send.requests[1]["headers"]["Content-Type"] == "application/json"
+    with pytest.raises(KubeAPIError) as info:
+        client.delete(path)
+    assert str(info.value) == "not found: cannot delete roles.rbac.authorization.k8s.io default/r: gone"
+    assert info.value.status == 404
+
+
 def test_server_override(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = KubeClient(TOKEN_CREDS, server_override="https://10.0.0.12:6443/")
     send = Recorder((200, b"{}", "OK"))

@@ -62,5 +62,10 @@ demo: lab-up
 	$(PY) tests/lab/lab.py status
 	$(PY) tests/lab/scenarios.py
 
+# Failover and overhead of the IPVS and haproxy modes beside a kubespray-like nginx, on the lab: a table and
+# .build/bench/bench.json. Reuses a running lab (or brings one up) and leaves it up, like demo.
+bench: lab-build
+	PYTHONPATH=tests/lab $(PY) tests/bench/bench.py
+
 clean: lab-down
 	rm -rf .build

@@ -1330,25 +1330,38 @@ class Guard:
             self._adapter = None
 
     def _apply_ipvs(self, weights: Mapping[Backend, int]) -> bool:
-        try:
-            adapter = self._ipvs()
-            for vip in self.cfg.vips:
-                version = ipaddress.ip_address(vip).version
-                family = {b: w for b, w in weights.items() if b.version == version}
-                scheduler = scheduler_for(self.cfg.prefer_local, has_local_backend(family, self.cfg.local_addresses))
-                desired = desired_service(vip, self.cfg.port, family, scheduler)
-                current = adapter.get(desired.address, desired.port, desired.protocol)
-                actions = plan(current, desired, purge_real_servers=True)
-                if actions:
-                    adapter.apply(actions)
-                    LOG.info("IPVS %s: %s", desired.label, "; ".join(a.describe() for a in actions))
-        except IPVSError as exc:
-            self.apply_errors += 1
-            self._drop_adapter()
-            self._error("apply", f"applying IPVS: {exc}")
-            return False
+        """Program the VIPs' services; a failed attempt is retried at once on a new netlink socket.
+
+        A netlink socket can fail under load (ECONNRESET, ENOBUFS on a dump): waiting for the next round would
+        leave a failed master in the data path for another second.
+        """
+        for attempt in (1, 2):
+            try:
+                self._apply_ipvs_once(weights)
+            except IPVSError as exc:
+                self._drop_adapter()
+                if attempt == 1:
+                    LOG.warning("applying IPVS: %s; retrying on a new netlink socket", exc)
+                    continue
+                self.apply_errors += 1
+                self._error("apply", f"applying IPVS: {exc}")
+                return False
+            break
         self._recovered("apply", "applying IPVS")
         return True
+
+    def _apply_ipvs_once(self, weights: Mapping[Backend, int]) -> None:
+        adapter = self._ipvs()
+        for vip in self.cfg.vips:
+            version = ipaddress.ip_address(vip).version
+            family = {b: w for b, w in weights.items() if b.version == version}
+            scheduler = scheduler_for(self.cfg.prefer_local, has_local_backend(family, self.cfg.local_addresses))
+            desired = desired_service(vip, self.cfg.port, family, scheduler)
+            current = adapter.get(desired.address, desired.port, desired.protocol)
+            actions = plan(current, desired, purge_real_servers=True)
+            if actions:
+                adapter.apply(actions)
+                LOG.info("IPVS %s: %s", desired.label, "; ".join(a.describe() for a in actions))
 
     def _stale_pairs(self, vips: Iterable[str], port: int) -> list[tuple[str, int]]:
         current = {(v, self.cfg.port) for v in self.cfg.vips}

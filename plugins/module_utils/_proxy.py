@@ -685,8 +685,9 @@ def render_haproxy(
     ]
     if cfg.client_pem_file:
         check.append(f"crt {cfg.client_pem_file}")
-    # Real connections count too: `fall` failed connects in a row take a server down before its next check.
-    check += [f"observe layer4 error-limit {cfg.fall} on-error mark-down"]
+    # Real connections count too: one failed connect leaves the server a single failed check from down and
+    # checks it at fastinter. Not mark-down: that would shut the very session being redispatched.
+    check += ["observe layer4 error-limit 1 on-error sudden-death"]
     check += ["on-marked-down shutdown-sessions", "on-marked-up shutdown-backup-sessions"]
 
     lines = [

@@ -146,6 +146,108 @@ def test_negative_control_without_the_connect_check_a_black_hole_outlasts_the_ta
     assert missed, result
 
 
+def spread(node, count: int = 30) -> dict[str, int]:
+    """The masters that answer N new connections through the node's VIP, by name."""
+    script = (FILES / "vip_spread.py").read_text()
+    cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {count}"
+    return json.loads(labmod.ssh(node, cmd).stdout)
+
+
+def apiservers(masters, action: str) -> None:
+    """systemctl ACTION kube-apiserver on the given masters at once (one SSH session each, in parallel)."""
+    procs = [subprocess.Popen(labmod.ssh_argv(m, f"systemctl {action} kube-apiserver")) for m in masters]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+
+
+@pytest.mark.parametrize("kind", ["ipvs", "haproxy"])
+def test_all_masters_but_one_down_then_they_return(installed, nodes, masters, kind):
+    # Two of three apiservers stopped under load (etcd keeps its quorum): the node keeps answering through the
+    # last one; when they return, the node uses them again within rise (2) probe rounds of their being ready.
+    node, stopped, last = worker(nodes, kind), masters[:2], masters[2]
+    try:
+        result = drill(node, lambda: apiservers(stopped, "stop"), seconds=10)
+        print(f"\n{kind} on {node.name}, {', '.join(m.name for m in stopped)} stopped: {json.dumps(result)}")
+        assert result["requests"] >= 30
+        # A graceful stop refuses new connections at once: the fast check sees it within 0.25 s.
+        assert result["last_failure_s"] is None or result["last_failure_s"] <= 1.5, result
+        assert spread(node, 12) == {last.name: 12}
+    finally:
+        apiservers(stopped, "start")
+    for m in stopped:
+        labmod.wait_for(f"{m.name}'s apiserver ready", lambda m=m: labmod.readyz(m.addr4), 180)
+    ready_at = time.monotonic()
+    labmod.wait_for(
+        f"{node.name} uses every master again", lambda: set(spread(node, 9)) == {m.name for m in masters}, 30
+    )
+    back_after = time.monotonic() - ready_at
+    print(f"{kind} on {node.name}: every master answers through the VIP {back_after:.1f} s after the last was ready")
+    assert back_after <= 6.0  # rise 2 x 1 s, a round, and this poll's own SSH round trips
+
+
+def test_kube_proxy_restart_under_load_fails_nothing(installed, nodes):
+    # kube-proxy (IPVS mode) restarted while traffic flows: the VIP is excluded, its service stays untouched.
+    node = worker(nodes, "ipvs")
+    result = drill(node, lambda: labmod.ssh(node, "systemctl restart kube-proxy"), seconds=10)
+    print(f"\nipvs on {node.name}, kube-proxy restarted: {json.dumps(result)}")
+    assert result["requests"] >= 40 and result["failed"] == 0, result
+    assert f"{VIP4}:{PORT}" in labmod.ssh(node, "ipvsadm -Ln").stdout
+
+
+KUBELET_STAND_IN = """\
+[Unit]
+Description=kubelet stand-in for the reboot drill: records the VIP's IPVS service as kubelet would find it
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'ipvsadm -Ln -t {vip}:{port} >/run/kubeha-drill-{name}.txt 2>&1 || true'
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_reboot_restores_the_rules_before_kubelet_starts(installed, nodes, masters):
+    # w1 (qemu, real kernel) reboots. A unit named kubelet.service records the IPVS table when it starts: the
+    # guard (Before=kubelet.service) must have restored the VIP's service from its state file by then.
+    # Negative control: the same recorder ordered before the guard finds no service (nothing else restores it).
+    node = worker(nodes, "ipvs")
+    units = {
+        "kubelet.service": KUBELET_STAND_IN.format(vip=VIP4, port=PORT, name="kubelet"),
+        "kubeha-drill-early.service": KUBELET_STAND_IN.format(vip=VIP4, port=PORT, name="early").replace(
+            "[Service]", "Before=kubeha-apiserver-guard.service\n[Service]"
+        ),
+    }
+    install = " && ".join(f"printf %s {shlex.quote(text)} > /etc/systemd/system/{unit}" for unit, text in units.items())
+    labmod.ssh(node, f"{install} && systemctl daemon-reload && systemctl enable -q {' '.join(units)}")
+    try:
+        boot_id = labmod.ssh(node, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        labmod.ssh(node, "systemctl reboot", check=False, timeout=30)
+        started = time.monotonic()
+
+        def rebooted() -> bool:
+            probe = labmod.ssh(node, "cat /proc/sys/kernel/random/boot_id", check=False, timeout=20)
+            return probe.returncode == 0 and probe.stdout.strip() not in ("", boot_id)
+
+        labmod.wait_for(f"{node.name} back after its reboot", rebooted, 600, interval=5)
+        print(f"\n{node.name} rebooted and reachable over SSH in {time.monotonic() - started:.0f} s")
+        labmod.wait_for("the stand-ins ran", lambda: labmod.ssh(
+            node, "test -e /run/kubeha-drill-kubelet.txt -a -e /run/kubeha-drill-early.txt", check=False
+        ).returncode == 0, 300, interval=5)  # fmt: skip
+        seen_by_kubelet = labmod.ssh(node, "cat /run/kubeha-drill-kubelet.txt").stdout
+        seen_early = labmod.ssh(node, "cat /run/kubeha-drill-early.txt").stdout
+        order = labmod.ssh(node, "systemd-analyze critical-chain kubelet.service --no-pager", check=False).stdout
+        print(f"kubelet stand-in saw:\n{seen_by_kubelet}\nbefore the guard:\n{seen_early}\n{order}")
+        for m in masters:
+            assert f"-> {m.addr4}:6443" in seen_by_kubelet, seen_by_kubelet
+        assert f"{VIP4}:{PORT}" not in seen_early and "->" not in seen_early, seen_early
+        labmod.wait_for(
+            "w1 answers through its VIP", lambda: sum(spread(node, 3).get(m.name, 0) for m in masters) == 3, 120
+        )
+    finally:
+        paths = " ".join(f"/etc/systemd/system/{u}" for u in units)
+        labmod.ssh(node, f"systemctl disable -q {' '.join(units)}; rm -f {paths}; systemctl daemon-reload", check=False)
+
+
 def test_reset_removes_everything_then_site_restores(installed, nodes):
     # Last in this file: reset.yml undoes site.yml on every node and in the cluster, then site.yml again.
     reset = playbook("reset")

@@ -22,7 +22,7 @@ log() { printf '[images] %s\n' "$*" >&2; }
 # services use). Everything the roles install comes from mirror/ instead.
 node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,kmod,iptables,ipset,ca-certificates,procps,less
 # What the roles install on nodes, served by the lab's mirror as a site mirror would.
-mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light socat curl)
+mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light libnginx-mod-stream socat curl)
 
 # Bump IMAGE_REV when this script's output changes in a way the package lists do not show.
 IMAGE_REV=3

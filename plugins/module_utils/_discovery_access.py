@@ -567,9 +567,8 @@ def _apply(client: Any, plan: ObjectPlan, request: Request) -> ObjectPlan:
         created = _create(client, plan)
         return ObjectPlan(plan.kind, plan.namespace, plan.name, CREATED, None, created)
     if plan.action in (DELETED, RECREATED):
-        assert plan.current is not None
         try:
-            client.delete(path, _preconditions(plan.current))
+            client.delete(path, _preconditions(plan.current or {}))
         except KubeAPIError as exc:
             if exc.status == 409:
                 raise _changed_meanwhile(exc) from exc
@@ -591,7 +590,8 @@ def _apply(client: Any, plan: ObjectPlan, request: Request) -> ObjectPlan:
 
 
 def _create(client: Any, plan: ObjectPlan) -> dict[str, Any]:
-    assert plan.after is not None
+    if plan.after is None:
+        raise DiscoveryAccessError("internal error: there is no object to create")
     try:
         return client.post(collection_path(plan.namespace, plan.kind), plan.after)
     except KubeAPIError as exc:

@@ -1,0 +1,142 @@
+"""Day 2 on the lab: a master removed from every node's proxy, then added back, while traffic flows.
+
+cp3 plays the master that leaves (its apiserver stopped, as `kubeadm reset` would) and then joins again (its
+apiserver started, the inventory lists it again). Each playbook must reach every node without restarting any
+proxy (the guard's and haproxy's PIDs stay the same) and without failing a request through the VIP.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import lab as labmod
+import pytest
+import yaml
+from scenarios import LOAD_SCRIPT, PORT, VIP4, ansible_env, playbook
+
+PROXY_UNITS = ("kubeha-apiserver-guard", "kubeha-apiserver-haproxy")
+
+
+def run_with_inventory(name: str, inventory: dict) -> subprocess.CompletedProcess:
+    """playbooks/NAME.yml against a variant of the lab's inventory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inventory.yml"
+        path.write_text(yaml.safe_dump(inventory))
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(path)]
+        argv.append(str(labmod.REPO / "playbooks" / f"{name}.yml"))
+        return subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=ansible_env(), check=False)
+
+
+def without(inventory: dict, host: str) -> dict:
+    trimmed = json.loads(json.dumps(inventory))
+    for group in trimmed["all"]["children"].values():
+        group["hosts"].pop(host, None)
+    return trimmed
+
+
+def under_load(node, action: Callable[[], subprocess.CompletedProcess]) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run `action` (a playbook) while `node` sends a new TLS request through its VIP every 100 ms.
+
+    The load runs in bounded 10 s slices, one after the other, until the playbook is done.
+    """
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.setdefault("run", action()))
+    worker.start()
+    script = shlex.quote(LOAD_SCRIPT.read_text())
+    totals: dict = {"requests": 0, "failed": 0, "errors": set()}
+    while worker.is_alive():
+        out = labmod.ssh(node, f"python3 -c {script} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt 10 0.1").stdout
+        for _t, ok, error, _took in json.loads(out)["results"]:
+            totals["requests"] += 1
+            if not ok:
+                totals["failed"] += 1
+                totals["errors"].add(error)
+    worker.join()
+    totals["errors"] = sorted(totals["errors"])[:3]
+    return box["run"], totals
+
+
+def proxy_pids(nodes) -> dict[str, str]:
+    pids = {}
+    for node in nodes:
+        for unit in PROXY_UNITS:
+            pid = labmod.ssh(node, f"systemctl show -p MainPID --value {unit}", check=False).stdout.strip()
+            if pid not in ("", "0"):
+                pids[f"{node.name}/{unit}"] = pid
+    return pids
+
+
+def backends_on(node) -> str:
+    if node.has_ipvs:
+        return labmod.ssh(node, "ipvsadm -Ln -t 169.254.100.1:6444").stdout
+    return labmod.ssh(node, "cat /etc/kubeha-apiserver/haproxy.cfg").stdout
+
+
+def kubernetes_endpoints() -> set[str]:
+    selector = "kubernetes.io/service-name=kubernetes"
+    out = labmod.kubectl("get", "endpointslices", "-n", "default", "-l", selector, "-o", "json").stdout
+    return {a for s in json.loads(out)["items"] for e in s.get("endpoints") or [] for a in e["addresses"]}
+
+
+@pytest.fixture(scope="module")
+def day2(lab, nodes, masters):
+    site = playbook("site")
+    assert site.returncode == 0, site.stdout[-4000:]
+    inventory = yaml.safe_load((labmod.WORK / "inventory.yml").read_text())
+    leaving = masters[2]
+    yield inventory, leaving
+    # Whatever happened, cp3's apiserver runs again and every node's proxy lists it.
+    labmod.ssh(leaving, "systemctl start kube-apiserver", check=False)
+    labmod.wait_for(f"{leaving.name}'s apiserver ready", lambda: labmod.readyz(leaving.addr4), 180)
+    assert playbook("site").returncode == 0
+
+
+def test_remove_master_reaches_every_node_without_a_restart_or_a_failed_request(day2, nodes, masters):
+    inventory, leaving = day2
+    staying = [n for n in nodes.values() if n.name != leaving.name]
+    labmod.ssh(leaving, "systemctl stop kube-apiserver")
+    labmod.wait_for("the kubernetes EndpointSlice drops cp3", lambda: leaving.addr4 not in kubernetes_endpoints(), 60)
+    before = proxy_pids(staying)
+    run, load = under_load(nodes["w2"], lambda: run_with_inventory("remove_master", without(inventory, leaving.name)))
+    assert run.returncode == 0, run.stdout[-6000:]
+    print(f"\nremove_master.yml under load from w2: {json.dumps(load)}")
+    assert load["failed"] == 0, load
+    assert proxy_pids(staying) == before  # reloaded, never restarted
+    for node in staying:
+        assert f"{leaving.addr4}:6443" not in backends_on(node), node.name
+
+
+def test_negative_control_remove_master_refuses_when_no_master_would_remain(day2, nodes):
+    # The only master left in the inventory does not exist: remove_master.yml must stop before any change.
+    inventory, _leaving = day2
+    workers = [n for n in nodes.values() if n.role == "worker"]
+    nowhere = json.loads(json.dumps(inventory))
+    nowhere["all"]["children"]["kube_control_plane"]["hosts"] = {}
+    nowhere["all"]["vars"]["local_proxy_backends"] = ["10.88.0.99:6443"]  # in the lab's subnet, no such host
+    before = {n.name: backends_on(n) for n in workers}
+    run = run_with_inventory("remove_master", nowhere)
+    assert run.returncode != 0
+    assert "reaches none of ['10.88.0.99:6443']: nothing was changed" in run.stdout, run.stdout[-3000:]
+    assert {n.name: backends_on(n) for n in workers} == before
+
+
+def test_add_master_reaches_every_node_without_a_restart_or_a_failed_request(day2, nodes, masters):
+    inventory, returning = day2
+    everyone = list(nodes.values())
+    labmod.ssh(returning, "systemctl start kube-apiserver")
+    labmod.wait_for(f"{returning.name}'s apiserver ready", lambda: labmod.readyz(returning.addr4), 180)
+    before = proxy_pids([n for n in everyone if n.name != returning.name])
+    run, load = under_load(nodes["w2"], lambda: run_with_inventory("add_master", inventory))
+    assert run.returncode == 0, run.stdout[-6000:]
+    print(f"\nadd_master.yml under load from w2: {json.dumps(load)}")
+    assert load["failed"] == 0, load
+    assert proxy_pids([n for n in everyone if n.name != returning.name]) == before
+    for node in everyone:
+        assert f"{returning.addr4}:6443" in backends_on(node), node.name

@@ -1,0 +1,484 @@
+# Copyright (c) kubeha.apiserver developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the
+# kubeha.apiserver.kubeconfig_server module and may change in any release without notice.
+
+"""The ``server`` of a kubeconfig file on a node: inspect, plan, verify with the file's own credentials, write.
+
+- ``inspect`` checks that a text is a kubeconfig whose current context names a cluster with a server;
+- ``plan_present`` / ``plan_absent`` decide from the texts alone (pure);
+- ``review`` asks the apiserver who the credentials are (a SelfSubjectReview, allowed to any authenticated
+  identity), through any object with ``post`` (a ``KubeClient`` with ``server_override``);
+- ``Files`` is the thin file adapter (read, backup, atomic replace keeping mode and owner, a stable copy of
+  the original), replaced in part by the module with AnsibleModule's own helpers;
+- ``run`` is the module's whole run: validate, read, plan, verify, then write (never in check mode).
+
+The text edit itself is the line-exact one of ``_cluster_endpoint.set_server``: only the characters of the
+server value of the current context's cluster change, and the result is parsed again and checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint import (
+    ClusterEndpointError,
+    kubeconfig_server,
+    normalize_server,
+    set_server,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError, import_yaml
+
+STATES = ("present", "absent")
+ORIGINAL_SUFFIX = ".kubeha-orig"
+REVIEW_PATHS = (
+    ("/apis/authentication.k8s.io/v1/selfsubjectreviews", "authentication.k8s.io/v1"),
+    ("/apis/authentication.k8s.io/v1beta1/selfsubjectreviews", "authentication.k8s.io/v1beta1"),
+)
+REDACTED = "<redacted by kubeha.apiserver.kubeconfig_server>"
+# Keys of a kubeconfig whose value is a secret: never shown in a diff.
+SECRET_KEYS = frozenset({"client-key-data", "token", "password"})
+_SECRET_LINE = re.compile(r"^([ \t]*(?:-[ \t]+)?(?:client-key-data|token|password)[ \t]*:[ \t]*)(\S[^\r\n]*)$", re.M)
+
+
+class KubeconfigServerError(Exception):
+    """The one error of this domain; its message is meant for the user as is."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a kubeconfig
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a kubeconfig's current context uses."""
+
+    context: str
+    cluster: str
+    user: str
+    server: str
+
+
+def _entries(doc: Mapping[str, Any], section: str, path: str) -> list[Mapping[str, Any]]:
+    entries = doc.get(section)
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise KubeconfigServerError(f"{path} is not a valid kubeconfig: {section} is not a list")
+    return [entry for entry in entries if isinstance(entry, Mapping)]
+
+
+def _one(entries: list[Mapping[str, Any]], name: str, section: str, path: str) -> Mapping[str, Any]:
+    found = [entry for entry in entries if entry.get("name") == name]
+    if not found:
+        known = ", ".join(str(entry.get("name")) for entry in entries) or "none"
+        raise KubeconfigServerError(f"{path}: {section} has no entry named {name!r} (defined: {known})")
+    if len(found) > 1:
+        raise KubeconfigServerError(f"{path}: {section} has {len(found)} entries named {name!r}; which one is meant?")
+    return found[0]
+
+
+def inspect(text: str, path: str) -> Layout:
+    """The current context's cluster, user and server; ``KubeconfigServerError`` naming what is wrong."""
+    yaml = import_yaml()
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeconfigServerError(f"{path} is not a kubeconfig: it is not valid YAML: {exc}") from exc
+    if not isinstance(doc, Mapping) or not ({"clusters", "contexts"} & set(doc)):
+        raise KubeconfigServerError(
+            f"{path} is not a kubeconfig: a YAML mapping with clusters, contexts, users and current-context is expected"
+        )
+    current = doc.get("current-context")
+    if not current or not isinstance(current, str):
+        raise KubeconfigServerError(
+            f"{path} has no current-context: the server to change is the one of the cluster the current context uses"
+        )
+    context = _one(_entries(doc, "contexts", path), current, "contexts", path).get("context")
+    if not isinstance(context, Mapping) or not context.get("cluster"):
+        raise KubeconfigServerError(f"{path}: context {current!r} names no cluster")
+    cluster_name = str(context["cluster"])
+    cluster = _one(_entries(doc, "clusters", path), cluster_name, "clusters", path).get("cluster")
+    server = cluster.get("server") if isinstance(cluster, Mapping) else None
+    if not server or not isinstance(server, str):
+        raise KubeconfigServerError(f"{path}: cluster {cluster_name!r} has no server")
+    return Layout(context=current, cluster=cluster_name, user=str(context.get("user") or ""), server=server)
+
+
+def same_server(current: str, wanted: str) -> bool:
+    """Whether a kubeconfig's server is ``wanted`` (canonical): compared in canonical form when it has one."""
+    try:
+        return normalize_server(current) == wanted
+    except ClusterEndpointError:
+        return current == wanted
+
+
+def edit(text: str, server: str, path: str) -> str:
+    """``text`` with only the current context's cluster's server value replaced (line-exact, checked)."""
+    inspect(text, path)  # the current context must exist: the edit never falls back to another cluster
+    try:
+        new_text = set_server(text, server, path)
+        if kubeconfig_server(new_text, path) != server:
+            raise ClusterEndpointError(f"{path}: the edited text does not name {server}")
+    except ClusterEndpointError as exc:
+        raise KubeconfigServerError(str(exc)) from exc
+    return new_text
+
+
+def _secret_spans(node: Any, yaml: Any) -> list[tuple[int, int]]:
+    """Character spans of the values of secret keys anywhere under ``node``."""
+    spans: list[tuple[int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in SECRET_KEYS and isinstance(value, yaml.ScalarNode):
+                if value.end_mark.index > value.start_mark.index:
+                    spans.append((value.start_mark.index, value.end_mark.index))
+            else:
+                spans.extend(_secret_spans(value, yaml))
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            spans.extend(_secret_spans(item, yaml))
+    return spans
+
+
+def redact(text: str) -> str:
+    """The text with the values of secret keys (client-key-data, token, password) replaced, for diffs."""
+    yaml = import_yaml()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+    if root is None:  # not YAML: at least the block-style lines
+        return _SECRET_LINE.sub(lambda match: match.group(1) + REDACTED, text)
+    for start, end in sorted(_secret_spans(root, yaml), reverse=True):
+        text = text[:start] + REDACTED + text[end:]
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one file: ``write`` its new text, and/or ``remove_original``; ``warning`` when left."""
+
+    before: str
+    after: str
+    text_before: str
+    text_after: str
+    verify_server: str | None
+    remove_original: bool = False
+    keep_original: bool = False
+    warning: str = ""
+
+    @property
+    def write(self) -> bool:
+        return self.text_after != self.text_before
+
+    @property
+    def changed(self) -> bool:
+        return self.write or self.remove_original
+
+
+def plan_present(text: str, server: str, path: str, original_exists: bool) -> Plan:
+    """Point the file at ``server``; the original is kept (once) before the first write."""
+    layout = inspect(text, path)
+    if same_server(layout.server, server):
+        return Plan(layout.server, layout.server, text, text, None)
+    new_text = edit(text, server, path)
+    return Plan(layout.server, server, text, new_text, server, keep_original=not original_exists)
+
+
+def plan_absent(text: str, original: str | None, path: str, server: str | None) -> Plan:
+    """Put back the original when the file differs from it only in the server line; else leave it."""
+    layout = inspect(text, path)
+    keep = Plan(layout.server, layout.server, text, text, None)
+    original_path = path + ORIGINAL_SUFFIX
+    if original is None:
+        if server is not None and same_server(layout.server, server):
+            return _with_warning(
+                keep,
+                f"{path} points at {server}, but {original_path} does not exist, so the server it had before is not "
+                "known: left as it is",
+            )
+        return keep
+    if text == original:
+        return Plan(layout.server, layout.server, text, text, None, remove_original=True)
+    original_server = inspect(original, original_path).server
+    try:
+        restorable = edit(text, original_server, path) == original
+    except KubeconfigServerError:
+        restorable = False
+    if not restorable:
+        return _with_warning(
+            keep,
+            f"{path} differs from {original_path} in more than the server line (it was changed since, by something "
+            f"else): left as it is, and {original_path} kept; compare them and restore by hand",
+        )
+    return Plan(layout.server, original_server, text, original, original_server, remove_original=True)
+
+
+def _with_warning(plan: Plan, warning: str) -> Plan:
+    return Plan(plan.before, plan.after, plan.text_before, plan.text_after, None, warning=warning)
+
+
+# --------------------------------------------------------------------------------------------------
+# The apiserver: who are these credentials?
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    username: str
+    groups: list[str] = field(default_factory=list)
+
+
+def review(client: Any) -> Identity:
+    """POST a SelfSubjectReview (v1, else v1beta1 on older apiservers); the user the apiserver authenticated."""
+    answer: Mapping[str, Any] = {}
+    for api_path, api_version in REVIEW_PATHS:
+        try:
+            answer = client.post(api_path, {"apiVersion": api_version, "kind": "SelfSubjectReview"})
+            break
+        except KubeAPIError as exc:
+            if exc.status != 404 or api_path == REVIEW_PATHS[-1][0]:
+                raise
+    user = (answer.get("status") or {}).get("userInfo") or {}
+    username = user.get("username")
+    if not username:
+        raise KubeAPIError("the apiserver answered the SelfSubjectReview without a user name")
+    return Identity(str(username), [str(g) for g in user.get("groups") or []])
+
+
+def verify(client_factory: Callable[[str, str], Any], path: str, server: str, layout_user: str) -> Identity:
+    """One authenticated request to ``server`` with the credentials of ``path``; an error names both."""
+    client = None
+    try:
+        client = client_factory(path, server)
+        return review(client)
+    except KubeAPIError as exc:
+        who = f"user {layout_user!r} of " if layout_user else "the credentials of "
+        raise KubeconfigServerError(
+            f"verification failed: {server} did not accept an authenticated request with {who}{path}: {exc}"
+        ) from exc
+    finally:
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+class Files:
+    """Reading and writing the kubeconfig and its copies; the module replaces ``backup`` and ``move``."""
+
+    def read(self, path: str, what: str = "") -> str:
+        if not os.path.lexists(path):
+            raise KubeconfigServerError(f"{what or path} does not exist")
+        if not os.path.isfile(path):
+            raise KubeconfigServerError(f"{what or path} is not a regular file")
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                return handle.read()
+        except PermissionError as exc:
+            raise KubeconfigServerError(f"cannot read {path}: {exc.strerror} (run the task with become)") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KubeconfigServerError(f"cannot read {path}: {exc}") from exc
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def backup(self, path: str) -> str:
+        """A timestamped copy next to the file (``<path>.<pid>.<YYYY-MM-DD@HH:MM:SS>~``), as Ansible names them."""
+        dest = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S~')}"
+        self.copy(path, dest)
+        return dest
+
+    def move(self, src: str, dest: str) -> None:
+        os.replace(src, dest)
+
+    def _temp_like(self, like: str, text: str) -> str:
+        """A temporary file in ``like``'s directory holding ``text``, with ``like``'s mode and owner."""
+        info = os.stat(like)
+        fd, tmp = tempfile.mkstemp(prefix=".kubeha-", dir=os.path.dirname(os.path.abspath(like)))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, info.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.chown(tmp, info.st_uid, info.st_gid)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def replace(self, path: str, text: str) -> None:
+        """Atomically replace ``path`` with ``text``, keeping its mode and owner."""
+        tmp = self._temp_like(path, text)
+        try:
+            self.move(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+    def copy(self, src: str, dest: str) -> None:
+        """``dest`` as an atomic copy of ``src`` (mode and owner too); never visible half written."""
+        tmp = self._temp_like(src, self.read(src))
+        try:
+            os.replace(tmp, dest)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The module's whole run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    changed: bool
+    path: str
+    server: str | None
+    before: str
+    after: str
+    verified: bool
+    username: str | None
+    groups: list[str]
+    backup_file: str | None
+    original_file: str
+    diff: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+    def result(self) -> dict[str, Any]:
+        """The module's return values (without ``diff`` and ``warnings``)."""
+        return {
+            "changed": self.changed,
+            "path": self.path,
+            "server": self.server,
+            "before": self.before,
+            "after": self.after,
+            "verified": self.verified,
+            "username": self.username,
+            "groups": list(self.groups),
+            "backup_file": self.backup_file,
+            "original_file": self.original_file,
+        }
+
+
+def _failed_after(path: str, step: str, exc: Exception) -> KubeconfigServerError:
+    return KubeconfigServerError(f"{path}: {step} failed: {exc}")
+
+
+def run(
+    params: Mapping[str, Any],
+    client_factory: Callable[[str, str], Any],
+    check_mode: bool,
+    files: Files | None = None,
+) -> Outcome:
+    """Validate, read, plan, verify (also in check mode), then write (unless ``check_mode``).
+
+    ``client_factory(path, server)`` returns an object with ``post`` for the credentials of the kubeconfig
+    ``path`` sent to ``server``; it is called only to verify. Nothing is written when anything before the
+    write fails.
+    """
+    files = files or Files()
+    state = params.get("state") or "present"
+    if state not in STATES:
+        raise KubeconfigServerError(f"state {state!r} is not one of {', '.join(STATES)}")
+    path = params.get("path")
+    if not path or not isinstance(path, str):
+        raise KubeconfigServerError("path is required: the kubeconfig file to change")
+    raw_server = params.get("server")
+    if state == "present" and raw_server is None:
+        raise KubeconfigServerError("server is required with state=present")
+    try:
+        server = normalize_server(raw_server) if raw_server is not None else None
+    except ClusterEndpointError as exc:
+        raise KubeconfigServerError(str(exc)) from exc
+    do_verify = params.get("verify", True) is not False
+    verify_always = bool(params.get("verify_always"))
+    do_backup = params.get("backup", True) is not False
+    original_path = path + ORIGINAL_SUFFIX
+
+    text = files.read(path)
+    layout = inspect(text, path)
+    if state == "present":
+        assert server is not None
+        plan = plan_present(text, server, path, files.exists(original_path))
+        if verify_always and plan.verify_server is None:
+            plan = Plan(plan.before, plan.after, plan.text_before, plan.text_after, server)
+    else:
+        original = files.read(original_path) if files.exists(original_path) else None
+        plan = plan_absent(text, original, path, server)
+
+    identity = None
+    if do_verify and plan.verify_server is not None:
+        identity = verify(client_factory, path, plan.verify_server, layout.user)
+    warnings = [plan.warning] if plan.warning else []
+    diff = {
+        "before_header": path,
+        "after_header": path,
+        "before": redact(plan.text_before),
+        "after": redact(plan.text_after),
+    }
+
+    def outcome(backup_file: str | None) -> Outcome:
+        return Outcome(
+            changed=plan.changed,
+            path=path,
+            server=server,
+            before=plan.before,
+            after=plan.after,
+            verified=identity is not None,
+            username=identity.username if identity else None,
+            groups=identity.groups if identity else [],
+            backup_file=backup_file,
+            original_file=original_path,
+            diff=diff,
+            warnings=warnings,
+        )
+
+    if check_mode or not plan.changed:
+        return outcome(None)
+    backup_file = None
+    if plan.keep_original:
+        try:
+            files.copy(path, original_path)
+        except (OSError, KubeconfigServerError) as exc:
+            raise _failed_after(path, f"keeping the original as {original_path}", exc) from exc
+    if plan.write:
+        if do_backup:
+            try:
+                backup_file = files.backup(path)
+            except Exception as exc:  # AnsibleModule.backup_local raises a bare Exception
+                raise _failed_after(path, "the backup", exc) from exc
+        try:
+            files.replace(path, plan.text_after)
+        except Exception as exc:  # AnsibleModule.atomic_move raises a bare Exception
+            raise _failed_after(path, "writing", exc) from exc
+    if plan.remove_original:
+        try:
+            files.remove(original_path)
+        except OSError as exc:
+            raise _failed_after(path, f"removing {original_path} (the file itself is restored)", exc) from exc
+    return outcome(backup_file)

@@ -422,8 +422,7 @@ def run(
 
     text = files.read(path)
     layout = inspect(text, path)
-    if state == "present":
-        assert server is not None
+    if server is not None and state == "present":
         plan = plan_present(text, server, path, files.exists(original_path))
         if verify_always and plan.verify_server is None:
             plan = Plan(plan.before, plan.after, plan.text_before, plan.text_after, server)

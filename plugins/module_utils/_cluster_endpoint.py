@@ -42,6 +42,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
     import_yaml,
     object_path,
+    rollout_restart,
     update_with_retry,
 )
 
@@ -891,6 +892,7 @@ class Outcome:
     diff: list[dict[str, Any]]
     signed_tokens: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kube_proxy_restarted: bool = False
 
     @property
     def changed(self) -> bool:
@@ -904,6 +906,7 @@ class Outcome:
             "objects": copy.deepcopy(self.objects),
             "changed_objects": [obj["object"] for obj in self.objects.values() if obj["changed"]],
             "signed_tokens": list(self.signed_tokens),
+            "kube_proxy_restarted": self.kube_proxy_restarted,
         }
 
 
@@ -958,6 +961,7 @@ def run(
     targets = [TARGET_SPECS[name] for name in normalize_targets(params.get("targets"))]
     kubeadm_required = bool(params.get("kubeadm_config_required"))
     wait = bool(params.get("wait_signed"))
+    restart_daemonset = params.get("restart_kube_proxy") or ""
     timeout = params.get("timeout")
     timeout = 120 if timeout is None else int(timeout)
     if timeout < 0:
@@ -983,11 +987,11 @@ def run(
         warnings = _warnings(plans, server, state)
         written: dict[str, ServerPlan | SansPlan] = {}
 
-        def outcome(signed: list[str] | None = None) -> Outcome:
+        def outcome(signed: list[str] | None = None, restarted: bool = False) -> Outcome:
             shown = plans if check_mode else {n: written.get(n) or _unchanged(p) for n, p in plans.items()}
             objects = {name: plan.result() for name, plan in shown.items()}
             diff = [plan.diff() for plan in shown.values() if not (isinstance(plan, SansPlan) and plan.skipped)]
-            return Outcome(server, objects, diff, signed or [], warnings)
+            return Outcome(server, objects, diff, signed or [], warnings, restarted)
 
         if check_mode:
             return outcome()
@@ -1014,7 +1018,18 @@ def run(
                     "no bootstrap token is marked for signing (usage-bootstrap-signing), so cluster-info carries no "
                     "signature to wait for; kubeadm join --discovery-token needs one"
                 )
-        return outcome(signed)
+        restarted = False
+        if restart_daemonset and KUBE_PROXY in written:
+            # kube-proxy reads kubeconfig.conf when it starts: roll its DaemonSet as `kubectl rollout restart` does.
+            try:
+                rollout_restart(client, "kube-system", restart_daemonset)
+            except KubeAPIError as exc:
+                raise AfterChangeError(
+                    _after_change(f"restarting DaemonSet kube-system/{restart_daemonset}: {exc}", written),
+                    outcome(signed),
+                ) from exc
+            restarted = True
+        return outcome(signed, restarted)
     finally:
         close = getattr(client, "close", None)
         if callable(close):

@@ -127,6 +127,13 @@ options:
         mode.
     type: bool
     default: false
+  restart_kube_proxy:
+    description:
+      - Name of kube-proxy's DaemonSet in C(kube-system) to restart (as C(kubectl rollout restart) does) when this
+        task changed the V(kube_proxy) target, since kube-proxy reads C(kubeconfig.conf) only when it starts.
+        Empty (the default) restarts nothing. Where kube-proxy is a systemd unit, restart the unit instead.
+    type: str
+    default: ""
   timeout:
     description:
       - How many seconds to wait for the signatures with O(wait_signed). On timeout the task fails and names
@@ -185,6 +192,11 @@ changed_objects:
   type: list
   elements: str
   sample: [kube-public/cluster-info, kube-system/kube-proxy]
+kube_proxy_restarted:
+  description: Whether kube-proxy's DaemonSet was restarted (O(restart_kube_proxy) and a changed V(kube_proxy) target).
+  returned: success
+  type: bool
+  sample: true
 signed_tokens:
   description:
     - With O(wait_signed), the ids of the bootstrap tokens whose signature of cluster-info was checked and
@@ -273,6 +285,7 @@ ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
     "kubeadm_config_required": {"type": "bool", "default": False},
     "wait_signed": {"type": "bool", "default": False},
+    "restart_kube_proxy": {"type": "str", "default": ""},
     "timeout": {"type": "int", "default": 120},
     "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
 }

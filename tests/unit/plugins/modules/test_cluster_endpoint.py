@@ -133,6 +133,11 @@ class FakeAPI:
         self.objects[path] = stored
         return copy.deepcopy(stored)
 
+    def patch(self, path: str, body: dict[str, Any], content_type: str = "") -> dict[str, Any]:
+        self.calls.append(("PATCH", path))
+        self.patched = body
+        return {"metadata": {"name": path.rsplit("/", 1)[-1]}, "spec": {"updateStrategy": {"type": "RollingUpdate"}}}
+
     def close(self) -> None:
         self.closed = True
 
@@ -227,6 +232,21 @@ def test_second_run_is_unchanged_and_writes_nothing(api: FakeAPI, capsys: pytest
     result = run_module(capsys, {"server": "HTTPS://169.254.100.1:6444/", "cert_sans": ["fd6b:6861::1"]})
     assert result["changed"] is False and result["changed_objects"] == []
     assert api.puts() == []
+
+
+def test_restart_kube_proxy_rolls_the_daemonset_only_when_its_kubeconfig_changed(
+    api: FakeAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemonset = "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
+    check = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"}, check_mode=True)
+    assert check["kube_proxy_restarted"] is False and ("PATCH", daemonset) not in api.calls
+    first = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
+    assert first["kube_proxy_restarted"] is True
+    assert api.calls.count(("PATCH", daemonset)) == 1
+    annotations = api.patched["spec"]["template"]["metadata"]["annotations"]
+    assert "kubectl.kubernetes.io/restartedAt" in annotations
+    second = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
+    assert second["kube_proxy_restarted"] is False and api.calls.count(("PATCH", daemonset)) == 1
 
 
 def test_check_mode_predicts_and_changes_nothing(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,14 +3,16 @@
 The proof is what the guard itself does: a GET of the ``kubernetes`` EndpointSlices in ``default`` with w2's
 kubelet client certificate (read from the node's own kubelet.conf), sent from the host to cp1's apiserver and
 verified against the lab CA. Before the module that answers 403 (the negative control), after state=present
-200 with the three masters, after state=absent 403 again. The tests run in file order; the module-scoped
-fixture removes what the module made (and the extra objects of the roleRef test) whatever failed in between,
-so the lab is left as it was found.
+200 with the three masters, after state=absent 403 again. The tests run in file order. site.yml grants the
+same access, so the module-scoped fixture takes a snapshot of the two objects, removes them for the tests and
+puts them back exactly at the end, whatever failed in between (guards running on the lab cannot discover
+meanwhile: the suite runs under the lab's exclusive lock).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import posixpath
 import tempfile
@@ -124,20 +126,43 @@ def master(masters) -> labmod.Node:
     return node
 
 
+# What the apiserver fills in: left out when an object is put back as it was.
+SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+
+
+def restorable(obj: dict) -> dict:
+    obj = copy.deepcopy(obj)
+    for key in SERVER_FIELDS:
+        obj["metadata"].pop(key, None)
+    return obj
+
+
 @pytest.fixture(scope="module")
 def clean(control_node):
-    """Nothing of the module's before the tests (if an earlier run left something), and nothing after."""
+    """Neither object during the tests (the negative control needs that), and the lab as it was found after.
+
+    site.yml grants the access (the lab may be left so by a demo or another suite): whatever the objects
+    were, they are put back at the end, exactly, from a snapshot.
+    """
+    found = {kind: rbac_object(kind) for kind in ("role", "rolebinding")}
 
     def remove() -> None:
-        for kind in ("rolebinding", "role"):  # the roleRef test's objects, whatever their label
-            labmod.kubectl("delete", kind, OTHER, "-n", "default", "--ignore-not-found")
-        result = run_module(control_node, MODULE, {"state": "absent", "kubeconfig": ADMIN})
-        assert not result.get("failed"), result
+        for kind in ("rolebinding", "role"):  # the objects of any owner, the roleRef test's too
+            for name in (NAME, OTHER):
+                labmod.kubectl("delete", kind, name, "-n", "default", "--ignore-not-found")
 
     remove()
     yield
-    remove()
-    assert rbac_object("role") is None and rbac_object("rolebinding") is None
+    try:
+        result = run_module(control_node, MODULE, {"state": "absent", "kubeconfig": ADMIN})
+    finally:
+        remove()
+        for kind in ("role", "rolebinding"):
+            if found[kind] is not None:
+                labmod.kubectl("create", "-f", "-", input=json.dumps(restorable(found[kind])))
+    assert not result.get("failed"), result
+    after = {kind: rbac_object(kind) for kind in ("role", "rolebinding")}
+    assert {k: v and restorable(v) for k, v in after.items()} == {k: v and restorable(v) for k, v in found.items()}
 
 
 def test_negative_control_the_node_cannot_list_endpointslices(clean, worker, master):

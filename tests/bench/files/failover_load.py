@@ -107,7 +107,7 @@ def long_lived_client():
 
 
 threads = [threading.Thread(target=steady_client)]
-threads += [threading.Thread(target=long_lived_client) for _ in range(long_lived)]
+threads += [threading.Thread(target=long_lived_client) for _slot in range(long_lived)]
 for thread in threads:
     thread.start()
 for thread in threads:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import socket
+import ssl
 import subprocess
 import time
 
@@ -29,12 +31,6 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
         hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
     return hosts
-
-
-def kube_proxy_config() -> str:
-    return json.loads(labmod.kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)["data"][
-        "config.conf"
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +79,33 @@ def test_every_guard_discovers_the_masters_and_needs_the_grant_to(installed, nod
             "failed"
         )
     labmod.wait_for(f"{node.name}'s guard discovers again", lambda: discovered(node) == len(masters), 30)
+
+
+def serves_vip_name(master) -> bool:
+    """Whether the master's apiserver presents a certificate valid for the VIP (TLS from the host, CA verified)."""
+    context = ssl.create_default_context(cafile=str(labmod.WORK / "ca.crt"))
+    try:
+        with socket.create_connection((master.addr4, 6443), timeout=5) as raw:
+            tls = context.wrap_socket(raw, server_hostname=VIP4)
+            tls.close()
+    except ssl.SSLCertVerificationError:
+        return False
+    return True
+
+
+def server_line(text: str) -> str:
+    return next(line.strip() for line in text.splitlines() if line.strip().startswith("server:"))
+
+
+def test_the_cluster_and_every_kubeconfig_point_at_the_vip(installed, nodes, masters):
+    endpoint = f"server: https://{VIP4}:{PORT}"
+    assert all(serves_vip_name(m) for m in masters)
+    info = json.loads(labmod.kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
+    assert server_line(info["data"]["kubeconfig"]) == endpoint
+    proxy = json.loads(labmod.kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
+    assert server_line(proxy["data"]["kubeconfig.conf"]) == endpoint
+    for node in nodes.values():
+        assert server_line(labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout) == endpoint, node.name
 
 
 def test_every_node_answers_through_its_vip(installed, nodes):
@@ -277,15 +300,25 @@ def test_reboot_restores_the_rules_before_kubelet_starts(installed, nodes, maste
         )
     finally:
         paths = " ".join(f"/etc/systemd/system/{u}" for u in units)
-        labmod.ssh(node, f"systemctl disable -q {' '.join(units)}; rm -f {paths}; systemctl daemon-reload", check=False)
+        # Stopped too: a oneshot left active would stay loaded as "not-found" and look like a running kubelet.
+        cleanup = f"systemctl disable -q --now {' '.join(units)}; rm -f {paths}; systemctl daemon-reload"
+        labmod.ssh(node, cleanup, check=False)
 
 
-def test_reset_removes_everything_then_site_restores(installed, nodes):
+def test_reset_removes_everything_then_site_restores(installed, nodes, masters):
     # Last in this file: reset.yml undoes site.yml on every node and in the cluster, then site.yml again.
     reset = playbook("reset")
     assert reset.returncode == 0, reset.stdout[-6000:]
-    pristine = json.loads(labmod.PRISTINE_KUBE_PROXY.read_text())["data"]["config.conf"]
-    assert kube_proxy_config() == pristine  # as kubeadm wrote it when the lab came up
+    # As kubeadm wrote them when the lab came up, byte for byte.
+    kube_proxy = json.loads(labmod.kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
+    pristine = json.loads(labmod.PRISTINE_KUBE_PROXY.read_text())
+    assert kube_proxy["data"] == pristine["data"]
+    info = json.loads(labmod.kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
+    assert info["data"]["kubeconfig"] == json.loads(labmod.PRISTINE_CLUSTER_INFO.read_text())["data"]["kubeconfig"]
+    assert not any(serves_vip_name(m) for m in masters)
+    for node in nodes.values():
+        seeded = (labmod.seed_dir(node) / "rootfs/etc/kubernetes/kubelet.conf").read_text()
+        assert labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout == seeded, node.name
     for node in nodes.values():
         probe = (
             "systemctl list-unit-files 'kubeha-apiserver*' --no-legend; "

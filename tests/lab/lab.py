@@ -32,6 +32,7 @@ REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("KUBEHA_CACHE", "/var/cache/kubeha"))
 WORK = Path(os.environ.get("KUBEHA_LAB_WORK", "/var/lib/kubeha-lab"))
 PRISTINE_KUBE_PROXY = WORK / "kube-proxy.configmap.json"
+PRISTINE_CLUSTER_INFO = WORK / "cluster-info.configmap.json"
 RUN = Path(os.environ.get("KUBEHA_LAB_RUN", "/run/kubeha-lab"))
 LOCK = Path("/run/kubeha-lab.lock")
 STATE = RUN / "state.json"
@@ -674,6 +675,7 @@ def bootstrap_api(nodes: list[Node], bindir: Path) -> None:
     sh(kubeadm, "init", "phase", "addon", "kube-proxy", "--config", cfg, admin, ns=HUB_NS)
     # The kube-proxy ConfigMap as kubeadm made it, for the tests that check an uninstall leaves it as it was.
     PRISTINE_KUBE_PROXY.write_text(kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
+    PRISTINE_CLUSTER_INFO.write_text(kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
     kubectl("apply", "-f", "-", input=LAB_RBAC)
     for node in nodes:
         kubectl("apply", "-f", "-", input=json.dumps(node_object(node)))

@@ -95,7 +95,8 @@ def day2(lab, nodes, masters):
     # Whatever happened, cp3's apiserver runs again and every node's proxy lists it.
     labmod.ssh(leaving, "systemctl start kube-apiserver", check=False)
     labmod.wait_for(f"{leaving.name}'s apiserver ready", lambda: labmod.readyz(leaving.addr4), 180)
-    assert playbook("site").returncode == 0
+    if any(f"{leaving.addr4}:6443" not in backends_on(n) for n in nodes.values()):
+        assert playbook("site").returncode == 0
 
 
 def test_remove_master_reaches_every_node_without_a_restart_or_a_failed_request(day2, nodes, masters):

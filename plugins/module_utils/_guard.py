@@ -1271,29 +1271,26 @@ class Guard:
                     self._unanswered.pop(res.backend, None)
                     error = f"{self.cfg.fall} connects in a row unanswered after {timeout:g}s"
                     verdicts.append(ProbeResult(res.backend, False, res.latency_s, error, unreachable=True))
-            transitions = self._handle(verdicts) if verdicts else []
-            if self.cfg.mode == "haproxy":
-                unreachable = {r.backend for r in verdicts if r.unreachable}
-                for t in transitions:
-                    if t.new == DOWN and t.backend in unreachable:
-                        self._haproxy_force_down(t.backend)
-            return transitions
+            return self._handle(verdicts) if verdicts else []
 
-    def _haproxy_force_down(self, backend: Backend) -> None:
-        """Tell haproxy at once that a black-holed master is down (its checks would take up to 2.5 s more).
+    def _haproxy_take_down(self, backend: Backend) -> None:
+        """haproxy mode: mark a failed master down in haproxy at once and shut its sessions.
 
-        haproxy then shuts its sessions (on-marked-down) and its own checks bring it back when it answers.
-        Refused masters are left to haproxy: it redispatches their new sessions without a failure.
+        Not for a refused master: the kernel resets its connections, and haproxy redispatches the sessions
+        that were connecting to it; shutting those would fail them. Otherwise (black-holed, hung, not ready)
+        haproxy's own checks would take up to 2.5 s more and, without this, leave its sessions open. Its
+        checks bring the server back when it answers again.
         """
-        command = f"set server {HAPROXY_BACKEND}/{haproxy_server_name(backend)} health down"
-        try:
-            answer = self.hooks.haproxy_command(self.cfg.haproxy.stats_socket, command)
-        except OSError as exc:
-            LOG.error("haproxy: %s: %s", command, exc.strerror or exc)
-            return
-        if answer:
-            LOG.error("haproxy: %s: %s", command, answer)
-        else:
+        name = f"{HAPROXY_BACKEND}/{haproxy_server_name(backend)}"
+        for command in (f"set server {name} health down", f"shutdown sessions server {name}"):
+            try:
+                answer = self.hooks.haproxy_command(self.cfg.haproxy.stats_socket, command)
+            except OSError as exc:
+                LOG.error("haproxy: %s: %s", command, exc.strerror or exc)
+                return
+            if answer:
+                LOG.error("haproxy: %s: %s", command, answer)
+                return
             LOG.info("haproxy: %s", command)
 
     def _handle(self, results: Sequence[ProbeResult]) -> list[Transition]:
@@ -1302,6 +1299,11 @@ class Guard:
             LOG.log(logging.WARNING if t.new == DOWN else logging.INFO, "%s", t.describe())
             self.transitions[(t.backend, t.new)] = self.transitions.get((t.backend, t.new), 0) + 1
         self._reconcile(transitions)
+        if self.cfg.mode == "haproxy":
+            refused = {r.backend for r in results if r.refused}
+            for t in transitions:
+                if t.old == UP and t.new == DOWN and t.backend not in refused:
+                    self._haproxy_take_down(t.backend)
         return transitions
 
     def _decide(self) -> tuple[dict[Backend, int], set[int]]:

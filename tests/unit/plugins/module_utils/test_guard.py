@@ -901,22 +901,34 @@ def test_fast_check_takes_a_black_holed_backend_down_after_fall_unanswered_conne
     assert f"connect:{M2}:0.5" in r.events  # connect_timeout_s, not the probe's timeout
 
 
-def test_haproxy_mode_forces_a_black_holed_server_down_but_leaves_refused_ones_to_haproxy(
+def test_haproxy_mode_takes_a_failed_server_down_but_leaves_refused_ones_to_haproxy(
     rig: RigFactory, tmp_path: Path
 ) -> None:
     sent: list[tuple[str, str]] = []
-    r = rig(mode="haproxy", haproxy={"config_path": str(r_dir := tmp_path / "etc") + "/haproxy.cfg"})
-    r_dir.mkdir()
+    r = rig(mode="haproxy", haproxy={"config_path": str(tmp_path / "etc" / "haproxy.cfg")})
+    (tmp_path / "etc").mkdir()
     r.hooks.haproxy_command = lambda path, command: sent.append((path, command)) or ""
     r.round()
-    r.connects[M1] = "refused"  # haproxy redispatches these itself, without a failed request
+    r.connects[M1] = "refused"  # its kernel resets its connections; haproxy redispatches the connecting ones
     r.guard.fast_check_once()
     assert sent == []
     r.connects[M2] = "unanswered"
     r.guard.fast_check_once()
     [transition] = r.guard.fast_check_once()
     assert transition.backend == M2
-    assert sent == [("/run/kubeha-apiserver/haproxy.sock", "set server kube_apiservers/10.0.0.12_6443 health down")]
+    socket_path = "/run/kubeha-apiserver/haproxy.sock"
+    assert sent == [
+        (socket_path, "set server kube_apiservers/10.0.0.12_6443 health down"),
+        (socket_path, "shutdown sessions server kube_apiservers/10.0.0.12_6443"),
+    ]
+    sent.clear()
+    r.prober.set("fail", M3)  # /readyz failing twice (a hung or unready apiserver)
+    r.round()
+    r.round()
+    assert sent == [
+        (socket_path, "set server kube_apiservers/10.0.0.13_6443 health down"),
+        (socket_path, "shutdown sessions server kube_apiservers/10.0.0.13_6443"),
+    ]
 
 
 def test_fast_check_counts_only_unanswered_connects_in_a_row(rig: RigFactory) -> None:

@@ -14,11 +14,15 @@ import base64
 import datetime
 import ipaddress
 import json
+import os
+import re
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -105,9 +109,17 @@ class PKI:
 
 
 class ReviewHandler(BaseHTTPRequestHandler):
+    # How many more reviews to accept before answering 401 (None: all); the role tests set it.
+    accept: int | None = None
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
+        if ReviewHandler.accept is not None:
+            if ReviewHandler.accept <= 0:
+                self._answer(401, {"kind": "Status", "message": "Unauthorized", "code": 401})
+                return
+            ReviewHandler.accept -= 1
         peer = self.connection.getpeercert()  # type: ignore[attr-defined]
         subject = {key: value for rdn in peer["subject"] for key, value in rdn}
         if self.path != REVIEW or body.get("kind") != "SelfSubjectReview":
@@ -196,7 +208,7 @@ users:
 
 
 def siblings(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir() if p != path)
+    return sorted(p.name for p in path.parent.iterdir() if p != path and p.is_file())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,3 +330,94 @@ def test_warning_when_absent_cannot_know_the_original(
     assert any(
         "does not exist, so the server it had before is not known" in json.dumps(w) for w in result["warnings"]
     ), result["warnings"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The kubeconfig_endpoint role's proof, switch and rollback: ansible-playbook on localhost, same stand-in
+# --------------------------------------------------------------------------------------------------
+
+
+def run_role(tmp_path: Path, server: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """The role's present.yml (the proof, then switch.yml per file) for one kubeconfig, without a unit."""
+    import ansible_collections.kubeha.apiserver as collection
+
+    collections_root = Path(next(iter(collection.__path__))).parents[2]
+    play = [
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {
+                "ansible_python_interpreter": sys.executable,
+                "kubeconfig_endpoint_python": sys.executable,
+                "kubeconfig_endpoint_server": server,
+                "kubeconfig_endpoint_retries": 2,
+                "kubeconfig_endpoint_delay": 0,
+                "kubeconfig_endpoint_files": [{"path": str(path), "unit": ""}],
+            },
+            "tasks": [
+                {
+                    "name": "The role's present path",
+                    "ansible.builtin.include_role": {
+                        "name": "kubeha.apiserver.kubeconfig_endpoint",
+                        "tasks_from": "present",
+                    },
+                }
+            ],
+        }
+    ]
+    playbook = tmp_path / "play" / "play.yml"  # not beside the kubeconfig
+    playbook.parent.mkdir(exist_ok=True)
+    playbook.write_text(json.dumps(play))
+    env = os.environ | {"ANSIBLE_COLLECTIONS_PATH": str(collections_root), "ANSIBLE_NOCOLOR": "1"}
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+@pytest.fixture
+def accept(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], None]:
+    def set_accept(count: int | None) -> None:
+        monkeypatch.setattr(ReviewHandler, "accept", count)
+
+    return set_accept
+
+
+def test_role_switches_after_its_proof(
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, accept: Callable[[int | None], None]
+) -> None:
+    before = kubelet_conf.read_text()
+    run = run_role(tmp_path, apiserver["url"], kubelet_conf)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert kubelet_conf.read_text() == before.replace(OLD, apiserver["url"])
+    again = run_role(tmp_path, apiserver["url"], kubelet_conf)
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-4000:]
+
+
+def test_role_changes_nothing_when_its_proof_fails(
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, accept: Callable[[int | None], None]
+) -> None:
+    before = kubelet_conf.read_text()
+    accept(0)
+    run = run_role(tmp_path, apiserver["url"], kubelet_conf)
+    assert run.returncode != 0
+    assert f"localhost: the endpoint {apiserver['url']} does not work with this node's credentials, so nothing was " \
+        "changed on this node: verification failed" in run.stdout, run.stdout[-4000:]  # fmt: skip
+    assert "Unauthorized" in run.stdout
+    assert kubelet_conf.read_text() == before and siblings(kubelet_conf) == []
+
+
+def test_role_rolls_back_when_the_check_after_the_write_fails(
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, accept: Callable[[int | None], None]
+) -> None:
+    """The stand-in accepts the proof and the module's check before the write, then refuses: the role rolls back."""
+    before = kubelet_conf.read_text()
+    accept(2)
+    run = run_role(tmp_path, apiserver["url"], kubelet_conf)
+    assert run.returncode != 0
+    expected = (
+        rf"localhost: {re.escape(str(kubelet_conf))} was rolled back from its backup {re.escape(str(kubelet_conf))}"
+        r"\.\d+\.\S+~, because \\?\"Verify again through the endpoint with the file's own credentials\\?\" failed: "
+        rf"verification failed: {re.escape(apiserver['url'])} did not accept .*Unauthorized"
+    )
+    assert re.search(expected, run.stdout), run.stdout[-4000:]
+    assert kubelet_conf.read_text() == before

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import socket
-import ssl
 import subprocess
 import time
 
@@ -79,33 +77,6 @@ def test_every_guard_discovers_the_masters_and_needs_the_grant_to(installed, nod
             "failed"
         )
     labmod.wait_for(f"{node.name}'s guard discovers again", lambda: discovered(node) == len(masters), 30)
-
-
-def serves_vip_name(master) -> bool:
-    """Whether the master's apiserver presents a certificate valid for the VIP (TLS from the host, CA verified)."""
-    context = ssl.create_default_context(cafile=str(labmod.WORK / "ca.crt"))
-    try:
-        with socket.create_connection((master.addr4, 6443), timeout=5) as raw:
-            tls = context.wrap_socket(raw, server_hostname=VIP4)
-            tls.close()
-    except ssl.SSLCertVerificationError:
-        return False
-    return True
-
-
-def server_line(text: str) -> str:
-    return next(line.strip() for line in text.splitlines() if line.strip().startswith("server:"))
-
-
-def test_the_cluster_and_every_kubeconfig_point_at_the_vip(installed, nodes, masters):
-    endpoint = f"server: https://{VIP4}:{PORT}"
-    assert all(serves_vip_name(m) for m in masters)
-    info = json.loads(labmod.kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
-    assert server_line(info["data"]["kubeconfig"]) == endpoint
-    proxy = json.loads(labmod.kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
-    assert server_line(proxy["data"]["kubeconfig.conf"]) == endpoint
-    for node in nodes.values():
-        assert server_line(labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout) == endpoint, node.name
 
 
 def test_every_node_answers_through_its_vip(installed, nodes):
@@ -315,10 +286,7 @@ def test_reset_removes_everything_then_site_restores(installed, nodes, masters):
     assert kube_proxy["data"] == pristine["data"]
     info = json.loads(labmod.kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
     assert info["data"]["kubeconfig"] == json.loads(labmod.PRISTINE_CLUSTER_INFO.read_text())["data"]["kubeconfig"]
-    assert not any(serves_vip_name(m) for m in masters)
-    for node in nodes.values():
-        seeded = (labmod.seed_dir(node) / "rootfs/etc/kubernetes/kubelet.conf").read_text()
-        assert labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout == seeded, node.name
+
     for node in nodes.values():
         probe = (
             "systemctl list-unit-files 'kubeha-apiserver*' --no-legend; "

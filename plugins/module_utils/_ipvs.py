@@ -14,11 +14,14 @@ imports on hosts without it and the module can report ``missing_required_lib``.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import ipaddress
 import os
 import socket
 import struct
+import sys
 import traceback
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -521,6 +524,35 @@ def _ipv6_netmask() -> str:
     return socket.inet_ntoa(struct.pack("=I", 128))
 
 
+def _load_pyroute2_ipvs() -> tuple[Any, Any, Any, type[Exception]]:
+    """pyroute2's IPVS, IPVSService, IPVSDest and NetlinkError, without running the package's ``__init__``.
+
+    ``pyroute2/__init__`` imports its whole API (NDB, IPRoute, conntrack, ...): about 7 MB of RSS that the guard,
+    which runs on every node and needs only the IPVS socket, would carry for its life (the target is 40 MB). So
+    the package is entered through a bare module object while ``pyroute2.ipvs`` loads, then taken out of
+    ``sys.modules`` again: a later ``import pyroute2`` runs the real ``__init__`` and reuses the loaded modules.
+    """
+    if "pyroute2" not in sys.modules:
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("No module named 'pyroute2'", name="pyroute2")
+        bare = types.ModuleType("pyroute2")
+        bare.__path__ = list(spec.submodule_search_locations)
+        bare.__spec__ = spec
+        sys.modules["pyroute2"] = bare
+        try:
+            from pyroute2.ipvs import IPVS, IPVSDest, IPVSService
+            from pyroute2.netlink.exceptions import NetlinkError
+        finally:
+            if sys.modules.get("pyroute2") is bare:
+                del sys.modules["pyroute2"]
+        return IPVS, IPVSService, IPVSDest, NetlinkError
+    from pyroute2 import IPVS, IPVSDest, IPVSService
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return IPVS, IPVSService, IPVSDest, NetlinkError
+
+
 class PyRoute2IPVS:
     """Reads and changes kernel IPVS through pyroute2's generic netlink ``IPVS`` socket.
 
@@ -532,14 +564,10 @@ class PyRoute2IPVS:
 
     def __init__(self) -> None:
         try:
-            from pyroute2 import IPVS, IPVSDest, IPVSService  # here, so that this file imports without pyroute2
-            from pyroute2.netlink.exceptions import NetlinkError
+            classes = _load_pyroute2_ipvs()  # here, so that this file imports without pyroute2
         except ImportError as exc:
             raise MissingLibraryError("pyroute2", traceback.format_exc()) from exc
-        self._ipvs_class = IPVS
-        self._service_class = IPVSService
-        self._dest_class = IPVSDest
-        self._netlink_error = NetlinkError
+        self._ipvs_class, self._service_class, self._dest_class, self._netlink_error = classes
         self._socket: Any = None
 
     def __enter__(self) -> PyRoute2IPVS:

@@ -11,8 +11,9 @@ connections (kept-alive, no client timeout, like a watch) through the proxy:
 - killed: SIGKILL of cp2's kube-apiserver (systemd restarts it a few seconds later);
 - black-holed: cp3 drops every packet to its apiserver port (iptables in its namespace) for the whole run.
 Also: request latency through each proxy against straight to the apiservers (interleaved on the same node),
-and the guard's memory and CPU. Every run is bounded in time and stops by itself; the lab is left as found,
-except that site.yml has been applied.
+certificate rotation on every master (the apiserver_cert_sans role with a new name, reloaded by kube-apiserver
+or restarted by systemd) under load, and the guard's memory and CPU. Every run is bounded in time and stops by
+itself; the lab is left as found, except that site.yml has been applied and the certificates carry the new names.
 
     PYTHONPATH=tests/lab .venv/bin/python tests/bench/bench.py [--json PATH] [--rounds N]   (make bench)
 """
@@ -30,10 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab as labmod  # tests/lab on PYTHONPATH (make bench sets it)
-from scenarios import PORT, VIP4, kill_apiserver, playbook
+from scenarios import PORT, VIP4, ansible_env, kill_apiserver, playbook, under_load
 
 HERE = Path(__file__).resolve().parent
 CA = "/etc/kubernetes/pki/ca.crt"
+CERT_PLAY = labmod.REPO / "tests" / "integration" / "files" / "apiserver_cert_sans_play.yml"
 NGINX_PORT = 6446
 BENCH_DIR = "/run/kubeha-bench"
 DURATION_S, EVENT_AFTER_S, LONG_LIVED = 16.0, 4.0, 6
@@ -193,6 +195,25 @@ print(c1 - c0, os.sysconf("SC_CLK_TCK"), t1 - t0, rss_kb())
     }
 
 
+def rotation(restart: str, nodes: list[labmod.Node]) -> dict:
+    """A new name in every apiserver certificate, one master at a time (the apiserver_cert_sans role), while the
+    nodes send a new request through their VIP every 100 ms. auto: kube-apiserver loads the file by itself;
+    systemd: each apiserver is restarted in turn. The name is new on every run, so every run rotates."""
+    name = f"kubeha-bench-{restart}-{int(time.time())}.lab"
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml")]
+    variables = {"apiserver_cert_sans_extra": [name], "apiserver_cert_sans_restart": restart}
+    argv += [str(CERT_PLAY), "-e", json.dumps(variables)]
+    started = time.time()
+
+    def rotate() -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=ansible_env(), check=False)
+
+    run, load = under_load(nodes, rotate)
+    if run.returncode != 0:
+        raise SystemExit(run.stdout[-4000:])
+    return {"seconds": round(time.time() - started, 1), "by_node": load}
+
+
 # ---- the run ----------------------------------------------------------------------------------------------
 
 
@@ -233,6 +254,10 @@ def run(rounds: int) -> dict:
                 results["failover"].setdefault(scenario, {})[proxy] = outcome
                 wait_all_ready(masters)
                 time.sleep(5)  # the guards and haproxy take the master back (rise 2)
+        for restart in ("auto", "systemd"):
+            log(f"certificate rotation on every master (restart: {restart}), load from {w_ipvs.name} and {w_user.name}")
+            results.setdefault("rotation", {})[restart] = rotation(restart, [w_ipvs, w_user])
+            wait_all_ready(masters)
         log("the guard's memory and CPU over 20 s (w1 runs under software emulation)")
         results["guard"] = {n.name: guard_usage(n) for n in (w_ipvs, w_user, masters[0])}
     finally:
@@ -268,6 +293,11 @@ def table(results: dict) -> str:
                 f" {f(r['long_lived_closed_max_s']):>6} {f(r['long_lived_answered_again_max_s']):>6}"
                 f" {r['long_lived_hung']:>4}  {met}"
             )
+    lines += ["", "Certificate rotation on the 3 masters, one at a time (a new request through the VIP every 100 ms)"]
+    for restart, r in results.get("rotation", {}).items():
+        for node, c in r["by_node"].items():
+            errors = "; ".join(c["errors"])
+            lines.append(f"  {restart:8} {node:4} {c['requests']:>5} requests {c['failed']:>3} failed  {errors}")
     lines += ["", "Guard (target: RSS <= 40 MB, CPU <= 2 % of one core, 3 masters, 1 s interval)"]
     for name, g in results.get("guard", {}).items():
         note = "  (qemu TCG: emulated CPU, not the target's)" if g["emulated"] else ""

@@ -10,6 +10,7 @@ import json
 
 import lab as labmod
 import pytest
+import yaml
 from conftest import BACKEND_PORT, VIP4, VIP6, VIP_PORT, restart_kube_proxy, run_module
 
 MODULE = "kubeha.apiserver.kubeproxy_exclude_cidr"
@@ -60,7 +61,9 @@ def test_check_mode_diff_then_apply_then_unchanged(clean_exclude, control_node):
 
     applied = run_module(control_node, MODULE, args, diff=True)
     assert applied["changed"] is True
-    assert applied["exclude_cidrs"] == [f"{VIP4}/32", f"{VIP6}/128"]
+    # Entries someone else put there (an earlier site.yml's VIP, say) stay, in their place, before ours.
+    others = (yaml.safe_load(before["data"]["config.conf"]).get("ipvs") or {}).get("excludeCIDRs") or []
+    assert applied["exclude_cidrs"] == [*others, f"{VIP4}/32", f"{VIP6}/128"]
     after = kube_proxy_cm()
     config = after["data"]["config.conf"]
     assert f"- {VIP4}/32" in config and f"- {VIP6}/128" in config

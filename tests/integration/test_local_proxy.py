@@ -9,13 +9,16 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import lab as labmod
 import pytest
 from conftest import FILES, run_module
-from scenarios import PORT, VIP4, drill, kill_apiserver, playbook
+from scenarios import PORT, VIP4, ansible_env, drill, kill_apiserver, playbook, under_load
 
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 DROP_6443 = "iptables -I INPUT -p tcp --dport 6443 -j DROP"
 UNDROP_6443 = "iptables -D INPUT -p tcp --dport 6443 -j DROP"
 
@@ -77,6 +80,65 @@ def test_every_guard_discovers_the_masters_and_needs_the_grant_to(installed, nod
             "failed"
         )
     labmod.wait_for(f"{node.name}'s guard discovers again", lambda: discovered(node) == len(masters), 30)
+
+
+# Run in the lab's hub namespace (where the masters' addresses are routed): 1 when the certificate the apiserver
+# presents is valid for the VIP (CA verified), 0 when verification fails, an error for anything else.
+SERVES_NAME = """
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+with socket.create_connection((sys.argv[1], 6443), timeout=5) as sock:
+    try:
+        ctx.wrap_socket(sock, server_hostname=sys.argv[2]).close()
+    except ssl.SSLCertVerificationError:
+        print(0)
+    else:
+        print(1)
+"""
+
+
+def serves_name(master, name: str = VIP4) -> bool:
+    ca = str(labmod.WORK / "ca.crt")
+    return labmod.sh(sys.executable, "-c", SERVES_NAME, master.addr4, name, ca, ns=labmod.HUB_NS).stdout.strip() == "1"
+
+
+def server_line(text: str) -> str:
+    return next(line.strip() for line in text.splitlines() if line.strip().startswith("server:"))
+
+
+def test_the_cluster_and_every_kubeconfig_point_at_the_vip(installed, nodes, masters):
+    endpoint = f"server: https://{VIP4}:{PORT}"
+    assert [m.name for m in masters if not serves_name(m)] == []
+    info = json.loads(labmod.kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
+    assert server_line(info["data"]["kubeconfig"]) == endpoint
+    proxy = json.loads(labmod.kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
+    assert server_line(proxy["data"]["kubeconfig.conf"]) == endpoint
+    for node in nodes.values():
+        assert server_line(labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout) == endpoint, node.name
+
+
+def apiserver_pids(masters) -> dict[str, str]:
+    return {m.name: labmod.ssh(m, "systemctl show -p MainPID --value kube-apiserver").stdout.strip() for m in masters}
+
+
+def test_certificate_rotation_under_load_through_the_vip_fails_nothing(installed, nodes, masters):
+    """A new name in every apiserver certificate, one master at a time, while w1 (IPVS) and w2 (haproxy) send a
+    new request through their VIP every 100 ms. kube-apiserver loads the new file by itself: the same processes
+    serve it. (`make bench` also measures the rotation with a systemd restart of each apiserver.)"""
+    name = "kubeha-rotation.lab"
+    before = apiserver_pids(masters)
+    argv = [ANSIBLE_PLAYBOOK, "-i", str(labmod.WORK / "inventory.yml"), str(FILES / "apiserver_cert_sans_play.yml")]
+    argv += ["-e", json.dumps({"apiserver_cert_sans_extra": [name]})]
+
+    def rotate() -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=ansible_env(), check=False)
+
+    run, load = under_load([nodes["w1"], nodes["w2"]], rotate)
+    print(f"\ncertificate rotation under load: {json.dumps(load)}")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert [m.name for m in masters if not serves_name(m, name)] == []
+    assert apiserver_pids(masters) == before
+    assert {n: c["failed"] for n, c in load.items()} == {"w1": 0, "w2": 0}, load
 
 
 def test_every_node_answers_through_its_vip(installed, nodes):
@@ -286,6 +348,10 @@ def test_reset_removes_everything_then_site_restores(installed, nodes, masters):
     assert kube_proxy["data"] == pristine["data"]
     info = json.loads(labmod.kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
     assert info["data"]["kubeconfig"] == json.loads(labmod.PRISTINE_CLUSTER_INFO.read_text())["data"]["kubeconfig"]
+    assert [m.name for m in masters if serves_name(m)] == []
+    for node in nodes.values():
+        seeded = (labmod.seed_dir(node) / "rootfs/etc/kubernetes/kubelet.conf").read_text()
+        assert labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout == seeded, node.name
 
     for node in nodes.values():
         probe = (

@@ -10,8 +10,10 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lab as labmod
@@ -62,6 +64,32 @@ def drill(node: labmod.Node, event: Callable[[], None], seconds: float = 12, int
     event()
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
     return summarize(run["results"], event_at)
+
+
+def under_load(nodes: list[labmod.Node], action: Callable[[], subprocess.CompletedProcess]):
+    """Run `action` (a playbook) while each node sends a new TLS request through its VIP every 100 ms.
+
+    The load runs in bounded 10 s slices, one after the other, until the playbook is done. Returns the
+    playbook's result and, per node, the requests sent, the failed ones and up to three of their errors.
+    """
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.setdefault("run", action()))
+    worker.start()
+    script = shlex.quote(LOAD_SCRIPT.read_text())
+    command = f"python3 -c {script} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt 10 0.1"
+    totals = {n.name: {"requests": 0, "failed": 0, "errors": set()} for n in nodes}
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        while worker.is_alive():
+            for node, res in zip(nodes, pool.map(lambda n: labmod.ssh(n, command), nodes), strict=True):
+                for _t, ok, error, _took in json.loads(res.stdout)["results"]:
+                    totals[node.name]["requests"] += 1
+                    if not ok:
+                        totals[node.name]["failed"] += 1
+                        totals[node.name]["errors"].add(error)
+    worker.join()
+    for counts in totals.values():
+        counts["errors"] = sorted(counts["errors"])[:3]
+    return box["run"], totals
 
 
 def summarize(results: list, event_at: float, settle_s: float = 2.0) -> dict:

@@ -9,7 +9,10 @@ No pyroute2 and no kernel: netlink messages are replaced by tiny stand-ins with 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -641,3 +644,26 @@ def test_ensure_reports_non_convergence(tmp_path: Any) -> None:
     with pytest.raises(IPVSError, match=r"did not converge.*set real server 10\.0\.0\.2:6443"):
         ensure(params(), lambda: adapter, Recorder(), check_mode=False, proc_root=str(tmp_path))
     assert adapter.closed
+
+
+# What a fresh interpreter has loaded after taking pyroute2's IPVS classes one way or the other.
+IMPORT_PROBE = """
+import json, sys
+{how}
+print(json.dumps({{"ipvs": classes[0].__module__ + "." + classes[0].__name__,
+                  "package": "pyroute2" in sys.modules, "ndb": "pyroute2.ndb.main" in sys.modules}}))
+"""
+
+
+def probe_imports(how: str) -> dict:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}  # where this run finds ansible_collections
+    argv = [sys.executable, "-c", IMPORT_PROBE.format(how=how)]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout)
+
+
+def test_the_adapter_loads_the_ipvs_classes_without_pyroute2s_package_init():
+    lean = "from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import _load_pyroute2_ipvs\n"
+    lean += "classes = _load_pyroute2_ipvs()"
+    assert probe_imports(lean) == {"ipvs": "pyroute2.ipvs.IPVS", "package": False, "ndb": False}
+    # The negative control: the plain import runs the package's __init__, which loads NDB and the rest.
+    assert probe_imports("from pyroute2 import IPVS\nclasses = [IPVS]")["ndb"] is True

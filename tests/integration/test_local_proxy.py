@@ -237,7 +237,8 @@ def test_negative_control_without_the_connect_check_a_black_hole_outlasts_the_ta
 def spread(node, count: int = 30) -> dict[str, int]:
     """The masters that answer N new connections through the node's VIP, by name."""
     script = (FILES / "vip_spread.py").read_text()
-    cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {count}"
+    masters = ",".join(raw["name"] for raw in labmod.load_state()["nodes"] if raw["role"] == "control-plane")
+    cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {count} {masters}"
     return json.loads(labmod.ssh(node, cmd).stdout)
 
 

@@ -52,8 +52,7 @@ def kill_apiserver(victim: labmod.Node) -> None:
 def drill(node: labmod.Node, event: Callable[[], None], seconds: float = 12, interval: float = 0.1) -> dict:
     """Run `event` 3 s into a steady load from `node` through its VIP: a new TLS connection every `interval`.
 
-    Bounded: the load stops by itself after `seconds`. Times are seconds after the event (`event_at`, returned
-    too), on the node's clock
+    Bounded: the load stops by itself after `seconds`. Times are seconds after the event, on the node's clock
     corrected by an offset measured over SSH (a few tens of milliseconds of uncertainty).
     """
     script = LOAD_SCRIPT.read_text()
@@ -64,7 +63,7 @@ def drill(node: labmod.Node, event: Callable[[], None], seconds: float = 12, int
     event_at = time.time() + offset
     event()
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
-    return summarize(run["results"], event_at) | {"event_at": round(event_at, 3)}
+    return summarize(run["results"], event_at)
 
 
 def under_load(nodes: list[labmod.Node], action: Callable[[], subprocess.CompletedProcess]):

@@ -56,7 +56,7 @@ lab-test: lab-build
 
 # The lab's own acceptance first (on the lab as kubeadm leaves it), then the collection on it, then lab down.
 test: lint sanity lab-build
-	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider
+	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40
 
 # The main job against the built-in lab: lab up, playbooks/site.yml, then a master killed under load.
 demo: lab-up

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab as labmod  # tests/lab on PYTHONPATH (make bench sets it)
-from scenarios import PORT, VIP4, ansible_env, kill_apiserver, playbook, under_load
+from scenarios import PORT, VIP4, kill_apiserver, playbook, run_playbook, under_load
 
 HERE = Path(__file__).resolve().parent
 CA = "/etc/kubernetes/pki/ca.crt"
@@ -200,15 +200,9 @@ def rotation(restart: str, nodes: list[labmod.Node]) -> dict:
     nodes send a new request through their VIP every 100 ms. auto: kube-apiserver loads the file by itself;
     systemd: each apiserver is restarted in turn. The name is new on every run, so every run rotates."""
     name = f"kubeha-bench-{restart}-{int(time.time())}.lab"
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml")]
     variables = {"apiserver_cert_sans_extra": [name], "apiserver_cert_sans_restart": restart}
-    argv += [str(CERT_PLAY), "-e", json.dumps(variables)]
     started = time.time()
-
-    def rotate() -> subprocess.CompletedProcess:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=ansible_env(), check=False)
-
-    run, load = under_load(nodes, rotate)
+    run, load = under_load(nodes, lambda: run_playbook(CERT_PLAY, variables=variables, timeout=900))
     if run.returncode != 0:
         raise SystemExit(run.stdout[-4000:])
     return {"seconds": round(time.time() - started, 1), "by_node": load}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import re
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import lab as labmod
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from scenarios import ansible_env
+from scenarios import run_playbook
 
 PLAY = Path(__file__).resolve().parent / "files" / "apiserver_cert_sans_play.yml"
 PKI = "/etc/kubernetes/pki"
@@ -48,10 +47,7 @@ with socket.create_connection((sys.argv[1], 6443), timeout=5) as sock:
 
 
 def play(*extra: str, variables: dict | None = None) -> subprocess.CompletedProcess:
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml"), str(PLAY)]
-    if variables:
-        argv += ["-e", json.dumps(variables)]
-    return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=900, env=ansible_env(), check=False)
+    return run_playbook(PLAY, *extra, variables=variables, timeout=900)
 
 
 def changed(run: subprocess.CompletedProcess) -> int:

@@ -20,13 +20,12 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import lab as labmod
 import pytest
-from conftest import run_module
-from scenarios import ansible_env, playbook
+from conftest import FILES, run_module
+from scenarios import playbook, run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "kubeha.apiserver.kubeconfig_server"
@@ -130,9 +129,7 @@ def cert_sans_role_committed() -> bool:
 
 def apply_cert_sans_role() -> None:
     """The VIP in every apiserver's serving certificate (the apiserver_cert_sans role), left in place afterwards."""
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml"),
-            str(REPO / "tests" / "integration" / "files" / "apiserver_cert_sans_play.yml")]  # fmt: skip
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=ansible_env(), check=False)
+    run = run_playbook(FILES / "apiserver_cert_sans_play.yml")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 

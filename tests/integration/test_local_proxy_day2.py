@@ -9,27 +9,13 @@ test_local_proxy.py (file order), on the lab it leaves with site.yml applied.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import lab as labmod
 import pytest
 import yaml
-from scenarios import ansible_env, playbook, under_load
+from scenarios import playbook, under_load
 
 PROXY_UNITS = ("kubeha-apiserver-guard", "kubeha-apiserver-haproxy")
-
-
-def run_with_inventory(name: str, inventory: dict) -> subprocess.CompletedProcess:
-    """playbooks/NAME.yml against a variant of the lab's inventory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "inventory.yml"
-        path.write_text(yaml.safe_dump(inventory))
-        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(path)]
-        argv.append(str(labmod.REPO / "playbooks" / f"{name}.yml"))
-        return subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=ansible_env(), check=False)
 
 
 def without(inventory: dict, host: str) -> dict:
@@ -81,7 +67,7 @@ def test_remove_master_reaches_every_node_without_a_restart_or_a_failed_request(
     labmod.ssh(leaving, "systemctl stop kube-apiserver")
     labmod.wait_for("the kubernetes EndpointSlice drops cp3", lambda: leaving.addr4 not in kubernetes_endpoints(), 60)
     before = proxy_pids(staying)
-    run, load = under_load([nodes["w2"]], lambda: run_with_inventory("remove_master", without(inventory, leaving.name)))
+    run, load = under_load([nodes["w2"]], lambda: playbook("remove_master", inventory=without(inventory, leaving.name)))
     assert run.returncode == 0, run.stdout[-6000:]
     print(f"\nremove_master.yml under load from w2: {json.dumps(load)}")
     assert load["w2"]["failed"] == 0, load
@@ -98,7 +84,7 @@ def test_negative_control_remove_master_refuses_when_no_master_would_remain(day2
     nowhere["all"]["children"]["kube_control_plane"]["hosts"] = {}
     nowhere["all"]["vars"]["local_proxy_backends"] = ["10.88.0.99:6443"]  # in the lab's subnet, no such host
     before = {n.name: backends_on(n) for n in workers}
-    run = run_with_inventory("remove_master", nowhere)
+    run = playbook("remove_master", inventory=nowhere)
     assert run.returncode != 0
     assert "reaches none of ['10.88.0.99:6443']: nothing was changed" in run.stdout, run.stdout[-3000:]
     assert {n.name: backends_on(n) for n in workers} == before
@@ -110,7 +96,7 @@ def test_add_master_reaches_every_node_without_a_restart_or_a_failed_request(day
     labmod.ssh(returning, "systemctl start kube-apiserver")
     labmod.wait_for(f"{returning.name}'s apiserver ready", lambda: labmod.readyz(returning.addr4), 180)
     before = proxy_pids([n for n in everyone if n.name != returning.name])
-    run, load = under_load([nodes["w2"]], lambda: run_with_inventory("add_master", inventory))
+    run, load = under_load([nodes["w2"]], lambda: playbook("add_master", inventory=inventory))
     assert run.returncode == 0, run.stdout[-6000:]
     print(f"\nadd_master.yml under load from w2: {json.dumps(load)}")
     assert load["w2"]["failed"] == 0, load

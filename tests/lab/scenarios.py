@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +38,29 @@ def ansible_env() -> dict[str, str]:
     return os.environ | {"ANSIBLE_COLLECTIONS_PATH": str(collections_path()), "ANSIBLE_HOST_KEY_CHECKING": "False"}
 
 
-def playbook(name: str, *extra: str, capture: bool = True) -> subprocess.CompletedProcess:
-    """playbooks/NAME.yml against the lab's inventory."""
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml")]
-    argv += [str(REPO / "playbooks" / f"{name}.yml"), *extra]
-    return subprocess.run(argv, capture_output=capture, text=True, timeout=1800, env=ansible_env(), check=False)
+def run_playbook(path: Path, *extra: str, variables: dict | None = None, inventory: dict | None = None,
+                 capture: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:  # fmt: skip
+    """A playbook file against the lab's inventory, or against `inventory` (a variant of it) when given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hosts = labmod.WORK / "inventory.yml"
+        if inventory is not None:
+            hosts = Path(tmp) / "inventory.yml"
+            hosts.write_text(json.dumps(inventory))  # JSON is YAML: ansible's yaml inventory plugin reads it
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(hosts), str(path), *extra]
+        if variables:
+            argv += ["-e", json.dumps(variables)]
+        return subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, env=ansible_env(), check=False)
+
+
+def playbook(name: str, *extra: str, capture: bool = True, inventory: dict | None = None):
+    """playbooks/NAME.yml against the lab's inventory (or a variant of it)."""
+    return run_playbook(REPO / "playbooks" / f"{name}.yml", *extra, capture=capture, inventory=inventory)
+
+
+def molecule(*args: str) -> subprocess.CompletedProcess:
+    """`molecule ARGS` in the project directory, with the lab's inventory (molecule/*/molecule.yml), output shown."""
+    argv = [str(Path(sys.executable).parent / "molecule"), *args]
+    return subprocess.run(argv, cwd=REPO, text=True, timeout=3600, env=ansible_env(), check=False)
 
 
 def kill_apiserver(victim: labmod.Node) -> None:

@@ -1,6 +1,9 @@
 """The kubeha lab: a real Kubernetes control plane and real nodes on one machine.
 
-    lab.py up | down | status | ssh NODE [CMD...]
+    lab.py up | down | status | ssh NODE [CMD...] | join | leave [MASTER]
+
+`join` and `leave` are day 2 in the lab: one more master joins the running cluster (as `kubeadm join
+--control-plane` makes it), or a master leaves it (as `kubeadm reset` there would); both rewrite the inventory.
 
 Every node lives in a network namespace the lab creates, on one bridge inside the hub namespace
 (`khalab`), which has no uplink: lab traffic cannot leave the lab. Control-plane nodes and the userspace
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -219,30 +223,36 @@ def make_network(nodes: list[Node]) -> None:
     sh("ip", "-n", HUB_NS, "addr", "add", f"{GW6}/64", "dev", BRIDGE, "nodad")
     sh("ip", "-n", HUB_NS, "link", "set", BRIDGE, "up")
     for node in nodes:
-        if node.kind == "qemu":
-            tap = f"t-{node.name}"
-            sh("ip", "-n", HUB_NS, "tuntap", "add", "dev", tap, "mode", "tap")
-            sh("ip", "-n", HUB_NS, "link", "set", tap, "master", BRIDGE, "up")
-            continue
-        ns = node.netns
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", HUB_NS, "link", "add", f"v-{node.name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", HUB_NS, "link", "set", f"v-{node.name}", "master", BRIDGE, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{node.addr4}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "addr", "add", f"{node.addr6}/64", "dev", "eth0", "nodad")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "route", "add", "default", "via", GW4)
-        sh("ip", "-n", ns, "-6", "route", "add", "default", "via", GW6)
+        attach(node)
+
+
+def attach(node: Node) -> None:
+    """The node's link to the lab's bridge: a tap for qemu, a namespace and a veth pair for nspawn."""
+    if node.kind == "qemu":
+        tap = f"t-{node.name}"
+        sh("ip", "-n", HUB_NS, "tuntap", "add", "dev", tap, "mode", "tap")
+        sh("ip", "-n", HUB_NS, "link", "set", tap, "master", BRIDGE, "up")
+        return
+    ns = node.netns
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", HUB_NS, "link", "add", f"v-{node.name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+    sh("ip", "-n", HUB_NS, "link", "set", f"v-{node.name}", "master", BRIDGE, "up")
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "-n", ns, "addr", "add", f"{node.addr4}/24", "dev", "eth0")
+    sh("ip", "-n", ns, "addr", "add", f"{node.addr6}/64", "dev", "eth0", "nodad")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", ns, "route", "add", "default", "via", GW4)
+    sh("ip", "-n", ns, "-6", "route", "add", "default", "via", GW6)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # PKI and kubeconfigs, made by kubeadm's own phases
 
 
-def kubeadm_config(node: Node, masters: list[Node], token: str, ver: str, cert_dir: Path) -> str:
+def kubeadm_config(node: Node, masters: list[Node], token: str, ver: str, cert_dir: Path, extra_sans=()) -> str:
     cp1 = masters[0]
-    sans = sorted({node.name, node.addr4, node.addr6} | ({cp1.addr4} if node.role == "control-plane" else set()))
+    sans = {node.name, node.addr4, node.addr6, *extra_sans} | ({cp1.addr4} if node.role == "control-plane" else set())
+    sans = sorted(sans)
     return f"""\
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
@@ -280,43 +290,60 @@ mode: ipvs
 """
 
 
+SHARED_PKI = WORK / "pki" / "shared"
+
+
+@dataclass(frozen=True)
+class Kubeadm:
+    """kubeadm's phases for the lab's cluster: its binary, its masters and a bootstrap token."""
+
+    bindir: Path
+    masters: list[Node]
+    token: str
+
+    def __call__(self, node: Node, cert_dir: Path, *args: str, extra_sans=()) -> str:
+        # kubeadm refuses --cert-dir next to --config: the directory goes into the config instead.
+        cfg = WORK / "kubeadm" / f"{node.name}-{cert_dir.name}.yaml"
+        ver = versions()["K8S_VERSION"]
+        cfg.write_text(kubeadm_config(node, self.masters, self.token, ver, cert_dir, extra_sans))
+        return sh(str(self.bindir / "kubeadm"), *args, "--config", str(cfg)).stdout
+
+
+def node_pki(node: Node, kubeadm: Kubeadm, extra_sans=()) -> None:
+    """The node's certificates and kubeconfigs, signed by the lab's CAs, as kubeadm init or join leaves them."""
+    etc = seed_dir(node) / "rootfs/etc/kubernetes"
+    pki = etc / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    if node.role == "control-plane":
+        shutil.copytree(SHARED_PKI, pki, dirs_exist_ok=True)
+        kubeadm(node, pki, "init", "phase", "certs", "all", extra_sans=extra_sans)
+        kubeadm(node, pki, "init", "phase", "kubeconfig", "all", "--kubeconfig-dir", str(etc))
+        return
+    # A worker has the cluster CA and its kubelet.conf, as `kubeadm join` leaves them.
+    shutil.copy2(SHARED_PKI / "ca.crt", pki / "ca.crt")
+    kubeadm(node, SHARED_PKI, "init", "phase", "kubeconfig", "kubelet", "--kubeconfig-dir", str(etc))
+    # kube-proxy runs as a systemd unit here, with its own client certificate (system:kube-proxy).
+    conf = kubeadm(node, SHARED_PKI, "kubeconfig", "user", "--client-name", "system:kube-proxy")
+    (etc / "kube-proxy.conf").write_text(conf)
+    (etc / "kube-proxy.conf").chmod(0o600)
+
+
 def make_pki(nodes: list[Node], bindir: Path, token: str) -> None:
     """PKI and kubeconfigs from kubeadm's phases: one set of CAs, then each node's own certificates."""
-    ver = versions()["K8S_VERSION"]
     masters = [n for n in nodes if n.role == "control-plane"]
+    # What upload-config stores in the cluster: the paths as they are on the masters.
     cfgdir = WORK / "kubeadm"
     cfgdir.mkdir(parents=True, exist_ok=True)
-
-    def kubeadm(node: Node, cert_dir: Path, *args: str) -> str:
-        # kubeadm refuses --cert-dir next to --config: the directory goes into the config instead.
-        cfg = cfgdir / f"{node.name}-{cert_dir.name}.yaml"
-        cfg.write_text(kubeadm_config(node, masters, token, ver, cert_dir))
-        return sh(str(bindir / "kubeadm"), *args, "--config", str(cfg)).stdout
-
-    # What upload-config stores in the cluster: the paths as they are on the masters.
+    ver = versions()["K8S_VERSION"]
     (cfgdir / "cluster.yaml").write_text(kubeadm_config(masters[0], masters, token, ver, Path("/etc/kubernetes/pki")))
-    shared = WORK / "pki" / "shared"
+    kubeadm = Kubeadm(bindir, masters, token)
     for phase in ("ca", "etcd-ca", "front-proxy-ca", "sa"):
-        kubeadm(masters[0], shared, "init", "phase", "certs", phase)
+        kubeadm(masters[0], SHARED_PKI, "init", "phase", "certs", phase)
     for node in nodes:
-        etc = seed_dir(node) / "rootfs/etc/kubernetes"
-        pki = etc / "pki"
-        pki.mkdir(parents=True, exist_ok=True)
-        if node.role == "control-plane":
-            shutil.copytree(shared, pki, dirs_exist_ok=True)
-            kubeadm(node, pki, "init", "phase", "certs", "all")
-            kubeadm(node, pki, "init", "phase", "kubeconfig", "all", "--kubeconfig-dir", str(etc))
-            continue
-        # A worker has the cluster CA and its kubelet.conf, as `kubeadm join` leaves them.
-        shutil.copy2(shared / "ca.crt", pki / "ca.crt")
-        kubeadm(node, shared, "init", "phase", "kubeconfig", "kubelet", "--kubeconfig-dir", str(etc))
-        # kube-proxy runs as a systemd unit here, with its own client certificate (system:kube-proxy).
-        conf = kubeadm(node, shared, "kubeconfig", "user", "--client-name", "system:kube-proxy")
-        (etc / "kube-proxy.conf").write_text(conf)
-        (etc / "kube-proxy.conf").chmod(0o600)
+        node_pki(node, kubeadm)
     for conf in ("admin.conf", "super-admin.conf"):
         shutil.copy2(seed_dir(masters[0]) / "rootfs/etc/kubernetes" / conf, WORK / conf)
-    shutil.copy2(shared / "ca.crt", WORK / "ca.crt")
+    shutil.copy2(SHARED_PKI / "ca.crt", WORK / "ca.crt")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,7 +371,7 @@ WantedBy=multi-user.target
 """
 
 
-def master_units(node: Node, masters: list[Node]) -> dict[str, str]:
+def master_units(node: Node, masters: list[Node], joining: bool = False) -> dict[str, str]:
     pki = "/etc/kubernetes/pki"
     initial = ",".join(f"{m.name}=https://{m.addr4}:2380" for m in masters)
     etcd = [
@@ -356,7 +383,7 @@ def master_units(node: Node, masters: list[Node]) -> dict[str, str]:
         f"--initial-advertise-peer-urls=https://{node.addr4}:2380",
         f"--listen-peer-urls=https://{node.addr4}:2380",
         f"--initial-cluster={initial}",
-        "--initial-cluster-state=new",
+        f"--initial-cluster-state={'existing' if joining else 'new'}",
         f"--initial-cluster-token={CLUSTER_NAME}",
         f"--cert-file={pki}/etcd/server.crt",
         f"--key-file={pki}/etcd/server.key",
@@ -453,11 +480,11 @@ def worker_units(node: Node) -> dict[str, str]:
     return {"kube-proxy.service": unit(description, argv, extra=extra)}
 
 
-def make_seed(node: Node, nodes: list[Node], bindir: Path) -> None:
+def make_seed(node: Node, nodes: list[Node], bindir: Path, joining: bool = False) -> None:
     seed = seed_dir(node)
     root = seed / "rootfs"
     masters = [n for n in nodes if n.role == "control-plane"]
-    units = master_units(node, masters) if node.role == "control-plane" else worker_units(node)
+    units = master_units(node, masters, joining) if node.role == "control-plane" else worker_units(node)
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True, exist_ok=True)
     for name, text in units.items():
@@ -678,17 +705,19 @@ def bootstrap_api(nodes: list[Node], bindir: Path) -> None:
     PRISTINE_CLUSTER_INFO.write_text(kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout)
     kubectl("apply", "-f", "-", input=LAB_RBAC)
     for node in nodes:
-        kubectl("apply", "-f", "-", input=json.dumps(node_object(node)))
-        status = {
-            "status": {
-                "addresses": [
-                    {"type": "InternalIP", "address": node.addr4},
-                    {"type": "InternalIP", "address": node.addr6},
-                    {"type": "Hostname", "address": node.name},
-                ]
-            }
-        }
-        kubectl("patch", "node", node.name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+        register(node)
+
+
+def register(node: Node) -> None:
+    """The node's Node object with its addresses (the lab runs no kubelet to make it)."""
+    kubectl("apply", "-f", "-", input=json.dumps(node_object(node)))
+    addresses = [
+        {"type": "InternalIP", "address": node.addr4},
+        {"type": "InternalIP", "address": node.addr6},
+        {"type": "Hostname", "address": node.name},
+    ]
+    status = json.dumps({"status": {"addresses": addresses}})
+    kubectl("patch", "node", node.name, "--subresource=status", "--type=merge", "-p", status)
 
 
 def write_inventory(nodes: list[Node]) -> Path:
@@ -783,6 +812,93 @@ def cmd_up() -> None:
     log(f"lab is up in {time.monotonic() - t0:.0f} s; inventory: {inventory}")
 
 
+ETCD_CLIENT = (
+    "import json, ssl, sys, urllib.request; "
+    "ctx = ssl.create_default_context(cafile='/etc/kubernetes/pki/etcd/ca.crt'); "
+    "ctx.load_cert_chain('/etc/kubernetes/pki/apiserver-etcd-client.crt', "
+    "'/etc/kubernetes/pki/apiserver-etcd-client.key'); "
+    "req = urllib.request.Request('https://127.0.0.1:2379/v3/cluster/member/' + sys.argv[1], "
+    "data=sys.argv[2].encode(), method='POST'); "
+    "print(urllib.request.urlopen(req, context=ctx, timeout=10).read().decode())"
+)
+
+
+def etcd_members(via: Node, action: str, body: dict) -> dict:
+    """etcd's cluster API (member list/add/remove) through its JSON gateway, from a master (the lab has no etcdctl)."""
+    cmd = f"python3 -c {shlex.quote(ETCD_CLIENT)} {action} {shlex.quote(json.dumps(body))}"
+    return json.loads(ssh(via, cmd).stdout)
+
+
+def kubernetes_endpoints() -> set[str]:
+    """The apiserver addresses in the default/kubernetes EndpointSlices (what the guards discover)."""
+    out = kubectl("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "json")
+    return {a for s in json.loads(out.stdout)["items"] for e in s.get("endpoints") or [] for a in e["addresses"]}
+
+
+def cmd_join() -> None:
+    """Day 2: one more master joins the running cluster, as `kubeadm join --control-plane` would make it.
+
+    Its certificates are signed by the cluster's CAs with the certSANs of the cluster's kubeadm-config (as kubeadm
+    reads them), its etcd joins as a new member, its apiserver starts; it is added to the lab's inventory last.
+    """
+    import yaml  # the project's virtualenv has it (ansible-core); only this command needs it
+
+    with lab_lock():
+        state = load_state()
+        nodes = [Node(**raw) for raw in state["nodes"]]
+        masters = [n for n in nodes if n.role == "control-plane"]
+        index = max(n.index for n in masters) + 1
+        new = Node(f"cp{index - 10}", "nspawn", "control-plane", index)
+        log(f"{new.name} joins as a master")
+        config = kubectl("get", "-n", "kube-system", "cm", "kubeadm-config", "-o", "json").stdout
+        cluster = yaml.safe_load(json.loads(config)["data"]["ClusterConfiguration"])
+        cert_sans = (cluster.get("apiServer") or {}).get("certSANs") or []
+        bindir, images = Path(state["bindir"]), Path(state["images"])
+        token = f"{secrets.token_hex(3)}.{secrets.token_hex(8)}"  # kubeadm's config wants one; nothing uses it
+        node_pki(new, Kubeadm(bindir, [*masters, new], token), cert_sans)
+        make_seed(new, [*nodes, new], bindir, joining=True)
+        etcd_members(masters[0], "add", {"peerURLs": [f"https://{new.addr4}:2380"]})
+        attach(new)
+        state["netns"].append(new.netns)
+        start_nspawn(new, images, bindir, state)
+        wait_for(f"SSH on {new.name}", lambda: ssh(new, "true", timeout=15), 240)
+        wait_for(f"kube-apiserver on {new.name}", lambda: readyz(new.addr4), 240)
+        register(new)
+        state["nodes"].append(asdict(new))
+        save_state(state)
+        write_inventory([*nodes, new])
+    log(f"{new.name} is a master: its apiserver is ready and the inventory lists it")
+
+
+def cmd_leave(name: str | None) -> None:
+    """Day 2: a master leaves, as `kubeadm reset` there then `kubectl delete node` would: its apiserver stops, its
+    etcd member is removed, the node is powered off and taken out of the inventory. The newest master by default."""
+    with lab_lock():
+        state = load_state()
+        nodes = [Node(**raw) for raw in state["nodes"]]
+        masters = [n for n in nodes if n.role == "control-plane"]
+        leaving = next((m for m in masters if m.name == name), None) if name else masters[-1]
+        if leaving is None or leaving == masters[0] or len(masters) < 2:
+            sys.exit(f"cannot take {name!r} out: the lab's masters are {[m.name for m in masters]} (never the first)")
+        log(f"{leaving.name} leaves")
+        ssh(leaving, "systemctl stop kube-scheduler kube-controller-manager kube-apiserver", timeout=180)
+        wait_for(f"{leaving.addr4} out of the kubernetes EndpointSlices",
+                 lambda: leaving.addr4 not in kubernetes_endpoints(), 120)  # fmt: skip
+        members = etcd_members(masters[0], "list", {})["members"]
+        etcd_members(masters[0], "remove", {"ID": next(m["ID"] for m in members if m.get("name") == leaving.name)})
+        stop_pid(state["pids"].pop(leaving.name), 30)
+        root = str(WORK / "nodes" / leaving.name / "root")
+        sh("umount", root, check=False)
+        state["mounts"].remove(root)
+        sh("ip", "netns", "delete", leaving.netns, check=False)
+        state["netns"].remove(leaving.netns)
+        kubectl("delete", "node", leaving.name, check=False)
+        state["nodes"] = [asdict(n) for n in nodes if n != leaving]
+        save_state(state)
+        write_inventory([n for n in nodes if n != leaving])
+    log(f"{leaving.name} is gone: etcd member removed, node powered off, out of the inventory")
+
+
 def any_lab_netns() -> bool:
     res = sh("ip", "netns", "list", check=False)
     return any(line.split()[0] == HUB_NS or line.startswith(NS_PREFIX) for line in res.stdout.splitlines() if line)
@@ -875,7 +991,7 @@ def cmd_status() -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status", "ssh"])
+    parser.add_argument("command", choices=["up", "down", "status", "ssh", "join", "leave"])
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -886,6 +1002,10 @@ def main(argv: list[str]) -> int:
         cmd_down()
     elif args.command == "status":
         return cmd_status()
+    elif args.command == "join":
+        cmd_join()
+    elif args.command == "leave":
+        cmd_leave(args.rest[0] if args.rest else None)
     elif args.command == "ssh":
         nodes = {n["name"]: Node(**n) for n in load_state().get("nodes", [])}
         return subprocess.call(ssh_argv(nodes[args.rest[0]], *args.rest[1:]))

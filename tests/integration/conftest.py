@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import lab as labmod
 import pytest
-from scenarios import collections_path
+from scenarios import ansible_env
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = Path(__file__).resolve().parent / "files"
@@ -25,7 +24,6 @@ VIP4, VIP6, VIP_PORT = "169.254.210.1", "fd88:210::1", 16443
 def run_module(node: labmod.Node, module: str, args: dict, *, check: bool = False, diff: bool = False,
                python: str = NODE_VENV + "/bin/python") -> dict:  # fmt: skip
     """One task of `module` on one lab node through ansible-playbook; returns its registered result."""
-    env = os.environ | {"ANSIBLE_COLLECTIONS_PATH": str(collections_path()), "ANSIBLE_HOST_KEY_CHECKING": "False"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         play = [{
@@ -42,7 +40,7 @@ def run_module(node: labmod.Node, module: str, args: dict, *, check: bool = Fals
         (Path(tmp) / "play.yml").write_text(json.dumps(play))
         playbook = str(Path(sys.executable).parent / "ansible-playbook")
         argv = [playbook, "-i", str(labmod.WORK / "inventory.yml"), str(Path(tmp) / "play.yml")]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=False)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=ansible_env(), check=False)
         if not out.exists():
             raise AssertionError(f"no result from {module} on {node.name}: {res.stdout}\n{res.stderr}")
         return json.loads(out.read_text())

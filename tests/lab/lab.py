@@ -865,6 +865,7 @@ def cmd_join() -> None:
         wait_for(f"kube-apiserver on {new.name}", lambda: readyz(new.addr4), 240)
         register(new)
         state["nodes"].append(asdict(new))
+        state.setdefault("joined", []).append(new.name)
         save_state(state)
         write_inventory([*nodes, new])
     log(f"{new.name} is a master: its apiserver is ready and the inventory lists it")
@@ -894,6 +895,7 @@ def cmd_leave(name: str | None) -> None:
         state["netns"].remove(leaving.netns)
         kubectl("delete", "node", leaving.name, check=False)
         state["nodes"] = [asdict(n) for n in nodes if n != leaving]
+        state.setdefault("left", []).append(leaving.name)
         save_state(state)
         write_inventory([n for n in nodes if n != leaving])
     log(f"{leaving.name} is gone: etcd member removed, node powered off, out of the inventory")

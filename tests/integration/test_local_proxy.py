@@ -162,7 +162,9 @@ def test_a_master_black_holed_under_load(installed, nodes, masters, kind):
 def test_negative_control_without_the_connect_check_a_black_hole_outlasts_the_target(installed, nodes, masters):
     # The same drill on the IPVS worker with the guard's fast TCP check switched off (SIGHUP reload): only
     # the 1 s probes with fall 2 remain, and requests keep failing (or hanging on an unanswered SYN for 1 s and
-    # more) past the 2 s target.
+    # more) past the 2 s target. Whether a request meets the black hole in that window is the round robin's
+    # turn (the load is sequential and a hung request holds it 2 s): about 1 drill in 5 misses it, so up to
+    # three drills run and one must miss the target (all three pass it by luck about 1 time in 125).
     node, victim = worker(nodes, "ipvs"), masters[2]
     config = "/etc/kubeha-apiserver/guard.json"
     switch_off = (
@@ -171,19 +173,28 @@ def test_negative_control_without_the_connect_check_a_black_hole_outlasts_the_ta
     edit = f"cp -p {config} {config}.drill && python3 -c {shlex.quote(switch_off)} {config}"
     edit += " && systemctl reload kubeha-apiserver-guard"
     labmod.ssh(node, edit)
+    results = []
     try:
         time.sleep(2)  # the reload is asynchronous: let one round run with the new config
-        try:
-            result = drill(
-                node, lambda: labmod.ssh(victim, "iptables -I INPUT -p tcp --dport 6443 -j DROP"), seconds=12
+        for _attempt in range(3):
+            try:
+                results.append(drill(node, lambda: labmod.ssh(victim, DROP_6443), seconds=12))
+            finally:
+                labmod.ssh(victim, UNDROP_6443, check=False)
+            print(
+                f"\nipvs on {node.name} without the connect check, {victim.name} black-holed: {json.dumps(results[-1])}"
             )
-        finally:
-            labmod.ssh(victim, "iptables -D INPUT -p tcp --dport 6443 -j DROP", check=False)
+            if missed_the_target(results[-1]):
+                break
+            time.sleep(5)  # the guard takes the victim back (rise 2) before the next drill
     finally:
         labmod.ssh(node, f"mv {config}.drill {config} && systemctl reload kubeha-apiserver-guard")
-    print(f"\nipvs on {node.name} without the connect check, {victim.name} black-holed: {json.dumps(result)}")
-    missed = (result["last_failure_s"] or 0) >= 2.0 or result["slowest_after_settle_s"] >= 1.0
-    assert missed, result
+    assert missed_the_target(results[-1]), results
+
+
+def missed_the_target(result: dict) -> bool:
+    """The black-hole target: no failure from 2 s after the event, and every request from then on under 1 s."""
+    return (result["last_failure_s"] or 0) >= 2.0 or result["slowest_after_settle_s"] >= 1.0
 
 
 def spread(node, count: int = 30) -> dict[str, int]:

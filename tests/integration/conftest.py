@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lab as labmod
 import pytest
-from scenarios import ansible_env
+from scenarios import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = Path(__file__).resolve().parent / "files"
@@ -38,9 +38,7 @@ def run_module(node: labmod.Node, module: str, args: dict, *, check: bool = Fals
             ],
         }]  # fmt: skip
         (Path(tmp) / "play.yml").write_text(json.dumps(play))
-        playbook = str(Path(sys.executable).parent / "ansible-playbook")
-        argv = [playbook, "-i", str(labmod.WORK / "inventory.yml"), str(Path(tmp) / "play.yml")]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=ansible_env(), check=False)
+        res = run_playbook(Path(tmp) / "play.yml", timeout=300)
         if not out.exists():
             raise AssertionError(f"no result from {module} on {node.name}: {res.stdout}\n{res.stderr}")
         return json.loads(out.read_text())

@@ -41,12 +41,6 @@ def backends_on(node) -> str:
     return labmod.ssh(node, "cat /etc/kubeha-apiserver/haproxy.cfg").stdout
 
 
-def kubernetes_endpoints() -> set[str]:
-    selector = "kubernetes.io/service-name=kubernetes"
-    out = labmod.kubectl("get", "endpointslices", "-n", "default", "-l", selector, "-o", "json").stdout
-    return {a for s in json.loads(out)["items"] for e in s.get("endpoints") or [] for a in e["addresses"]}
-
-
 def proxies_list_every_master(nodes, masters) -> bool:
     """What test_local_proxy.py leaves: every node's guard running, every master one of its proxy's backends."""
     return all(
@@ -75,7 +69,9 @@ def test_remove_master_reaches_every_node_without_a_restart_or_a_failed_request(
     inventory, leaving = day2
     staying = [n for n in nodes.values() if n.name != leaving.name]
     labmod.ssh(leaving, "systemctl stop kube-apiserver")
-    labmod.wait_for("the kubernetes EndpointSlice drops cp3", lambda: leaving.addr4 not in kubernetes_endpoints(), 60)
+    labmod.wait_for(
+        "the kubernetes EndpointSlice drops cp3", lambda: leaving.addr4 not in labmod.kubernetes_endpoints(), 60
+    )
     before = proxy_pids(staying)
     run, load = under_load([nodes["w2"]], lambda: playbook("remove_master", inventory=without(inventory, leaving.name)))
     assert run.returncode == 0, run.stdout[-6000:]

@@ -46,7 +46,9 @@ TARGETS = {
     "killed": "ipvs: no failure later than 1 s; haproxy: no failure",
     "black-holed": "from 2 s on every request succeeds in < 1 s",
     "long-lived": "closed and answered again within 3 s",
+    "latency": "IPVS adds <= 5 % at the median, on new and on kept connections",
 }
+LATENCY_RATIO, LATENCY_BLOCKS = 1.05, 5
 
 
 def log(msg: str) -> None:
@@ -108,15 +110,33 @@ def wait_all_ready(masters: list[labmod.Node]) -> None:
 # ---- measurements -----------------------------------------------------------------------------------------
 
 
-def latency(node: labmod.Node, targets: dict[str, str], rounds: int) -> dict[str, dict[str, float]]:
+def latency(node: labmod.Node, masters: list[labmod.Node], proxies: dict[str, str], rounds: int) -> dict:
+    """Medians per target and way (fresh, kept), and each proxy's ratio to `direct`: over all the rounds, and
+    over each of LATENCY_BLOCKS consecutive blocks of them (how far the figure moves within one run)."""
     script = (HERE / "files" / "latency.py").read_text()
-    args = " ".join(shlex.quote(f"{name}={spec}") for name, spec in targets.items())
-    out = labmod.ssh(node, f"python3 -c {shlex.quote(script)} {CA} {rounds} {args}", timeout=600).stdout
+    args = " ".join(shlex.quote(f"{name}={spec}") for name, spec in proxies.items())
+    addresses = ",".join(m.addr4 for m in masters)
+    out = labmod.ssh(node, f"python3 -c {shlex.quote(script)} {CA} {rounds} {addresses} {args}", timeout=900).stdout
     samples = json.loads(out)
-    return {
-        name: {f"{kind}_ms": round(statistics.median(values) * 1000, 3) for kind, values in by_kind.items()}
-        for name, by_kind in samples.items()
-    }
+    size = max(1, rounds // LATENCY_BLOCKS)
+
+    def ratios(values: list[float], base: list[float]) -> tuple[float, list[float]]:
+        blocks = [
+            statistics.median(values[i : i + size]) / statistics.median(base[i : i + size])
+            for i in range(0, size * LATENCY_BLOCKS, size)
+            if values[i : i + size]
+        ]
+        return round(statistics.median(values) / statistics.median(base), 4), [round(r, 4) for r in blocks]
+
+    result: dict = {}
+    for name, by_kind in samples.items():
+        for kind, values in by_kind.items():
+            result.setdefault(name, {})[f"{kind}_ms"] = round(statistics.median(values) * 1000, 3)
+            if name != "direct":
+                ratio, blocks = ratios(values, samples["direct"][kind])
+                result[name][f"{kind}_ratio"] = ratio
+                result[name][f"{kind}_ratio_blocks"] = blocks
+    return result
 
 
 def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event: Callable[[], None]) -> dict:
@@ -225,15 +245,16 @@ def run(rounds: int) -> dict:
         "haproxy": (w_user, VIP4, PORT),
         "nginx": (w_user, "127.0.0.1", NGINX_PORT),
     }
-    direct = "+".join(f"{m.addr4}:6443" for m in masters)
     results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "latency": {}, "failover": {}}
     nginx_up(w_user, masters)
     try:
         log(f"latency: {rounds} interleaved rounds per node")
-        results["latency"]["ipvs"] = latency(w_ipvs, {"direct": direct, "ipvs": f"{VIP4}:{PORT}"}, rounds)
+        results["latency"]["ipvs"] = latency(w_ipvs, masters, {"ipvs": f"{VIP4}:{PORT}"}, rounds)
         results["latency"]["userspace"] = latency(
-            w_user, {"direct": direct, "haproxy": f"{VIP4}:{PORT}", "nginx": f"127.0.0.1:{NGINX_PORT}"}, rounds
+            w_user, masters, {"haproxy": f"{VIP4}:{PORT}", "nginx": f"127.0.0.1:{NGINX_PORT}"}, rounds
         )
+        ipvs = results["latency"]["ipvs"]["ipvs"]
+        ipvs["meets"] = {"latency": all(ipvs[f"{kind}_ratio"] <= LATENCY_RATIO for kind in ("fresh", "kept"))}
         for scenario, victim in (("killed", masters[1]), ("black-holed", masters[2])):
             for proxy, (node, host, port) in proxies.items():
                 log(f"{scenario}: {victim.name}, load from {node.name} through {proxy} ({host}:{port})")
@@ -260,16 +281,18 @@ def run(rounds: int) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["", "Latency, median ms (GET /readyz; fresh = new TCP+TLS connection, kept = on an open one)"]
+    lines = ["", "Latency, median ms (GET /readyz; fresh = new TCP+TLS connection, kept = on an open one);"]
+    lines.append("  ratio to direct over the whole run [over each fifth of it]")
     for group, targets in results["latency"].items():
-        base = targets["direct"]
         for name, fig in targets.items():
-            ratio = ""
+            line = f"  {group:9} {name:8} fresh {fig['fresh_ms']:8.3f}  kept {fig['kept_ms']:8.3f}"
             if name != "direct":
-                ratio = (
-                    f"  fresh x{fig['fresh_ms'] / base['fresh_ms']:.3f}  kept x{fig['kept_ms'] / base['kept_ms']:.3f}"
-                )
-            lines.append(f"  {group:9} {name:8} fresh {fig['fresh_ms']:8.3f}  kept {fig['kept_ms']:8.3f}{ratio}")
+                for kind in ("fresh", "kept"):
+                    blocks = " ".join(f"{r:.3f}" for r in fig[f"{kind}_ratio_blocks"])
+                    line += f"  {kind} x{fig[f'{kind}_ratio']:.3f} [{blocks}]"
+            if "meets" in fig:
+                line += "  target met: " + ("yes" if fig["meets"]["latency"] else "NO")
+            lines.append(line)
     lines += ["", "Failover (seconds after the event; long-lived = connections pinned to the failed master)"]
     head = f"  {'scenario':12} {'proxy':8} {'req':>4} {'fail':>4} {'last':>6} {'fail>2s':>7} {'slow>2s':>7}"
     head += f" {'pinned':>6} {'closed':>6} {'again':>6} {'hung':>4}  targets met"
@@ -304,7 +327,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=str(labmod.REPO / ".build" / "bench" / "bench.json"))
-    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=1000)
     args = parser.parse_args(argv)
     results = run(args.rounds)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -68,24 +68,32 @@ def molecule(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO, text=True, timeout=3600, env=ansible_env(), check=False)
 
 
-def kill_apiserver(victim: labmod.Node) -> None:
-    """SIGKILL the apiserver process (systemd restarts it after RestartSec, as a crashed master would)."""
-    labmod.ssh(victim, "kill -KILL $(systemctl show -p MainPID --value kube-apiserver)")
+def kill_apiserver(victim: labmod.Node) -> float:
+    """SIGKILL the apiserver process (systemd restarts it after RestartSec, as a crashed master would).
+
+    Returns the instant just before the signal, by the victim's clock: the lab's masters are containers on the
+    host's kernel, so it is the host's `time.time()`. (Timing the SSH call instead would put the kill a few
+    hundred milliseconds after the instant taken, and a request sent in between would pass for a later one.)
+    """
+    script = 'pid=$(systemctl show -p MainPID --value kube-apiserver); date +%s.%N; kill -KILL "$pid"'
+    return float(labmod.ssh(victim, script).stdout.split()[0])
 
 
-def drill(node: labmod.Node, event: Callable[[], None], seconds: float = 12, interval: float = 0.1) -> dict:
+def drill(node: labmod.Node, event: Callable[[], object], seconds: float = 12, interval: float = 0.1) -> dict:
     """Run `event` 3 s into a steady load from `node` through its VIP: a new TLS connection every `interval`.
 
     Bounded: the load stops by itself after `seconds`. Times are seconds after the event, on the node's clock
-    corrected by an offset measured over SSH (a few tens of milliseconds of uncertainty).
+    corrected by an offset measured over SSH (a few tens of milliseconds of uncertainty). The event's instant is
+    the one `event` returns when it returns a float (host clock), else the moment it was started.
     """
     script = LOAD_SCRIPT.read_text()
     offset = float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
     cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {seconds} {interval}"
     load = subprocess.Popen(labmod.ssh_argv(node, cmd), stdout=subprocess.PIPE, text=True)
     time.sleep(3)
-    event_at = time.time() + offset
-    event()
+    started = time.time()
+    instant = event()
+    event_at = (instant if isinstance(instant, float) else started) + offset
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
     return summarize(run["results"], event_at)
 
@@ -117,12 +125,22 @@ def under_load(nodes: list[labmod.Node], action: Callable[[], subprocess.Complet
 
 
 def summarize(results: list, event_at: float, settle_s: float = 2.0) -> dict:
-    """Failed requests after the event, and the slowest request started `settle_s` or more after it."""
-    failures = [round(t - event_at, 3) for t, ok, _error, _took in results if not ok]
+    """Failed requests, and the slowest request started `settle_s` or more after the event.
+
+    A request sent before the event and still running when it struck (the load is sequential: at most one is)
+    counts apart, as `failed_in_flight`: a request whose bytes already went to a killed apiserver fails through
+    any proxy, only new ones can be sent elsewhere. Every other failure, even one before the event, is `failed`.
+    """
+
+    def in_flight(t: float, took: float) -> bool:
+        return t < event_at <= t + took
+
+    failures = [round(t - event_at, 3) for t, ok, _e, took in results if not ok and not in_flight(t, took)]
     settled = [took for t, ok, _error, took in results if t - event_at >= settle_s]
     return {
         "requests": len(results),
         "failed": len(failures),
+        "failed_in_flight": sum(1 for t, ok, _e, took in results if not ok and in_flight(t, took)),
         "first_failure_s": min(failures, default=None),
         "last_failure_s": max(failures, default=None),
         "slowest_after_settle_s": max(settled, default=None),

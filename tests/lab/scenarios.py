@@ -166,6 +166,8 @@ def demo() -> int:
         gap = "no failed request" if not outcome["failed"] else (
             f"{outcome['failed']} failed, from {outcome['first_failure_s']} s to {outcome['last_failure_s']} s "
             f"after the kill ({'; '.join(outcome['errors'])})")  # fmt: skip
+        if outcome["failed_in_flight"]:
+            gap += "; 1 request in flight on the master when it died failed (no proxy can resend its bytes)"
         print(f"   {outcome['requests']} requests: {gap}", flush=True)
         labmod.wait_for(f"{victim.name}'s apiserver back", lambda: labmod.readyz(victim.addr4), 120)
         print(f"   {victim.name}'s apiserver is back (systemd restarted it)", flush=True)

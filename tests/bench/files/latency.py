@@ -54,7 +54,7 @@ def ask(tls):
 
 def one_per_master(address):
     kept = {}
-    for _ in range(10 * len(masters)):
+    for _attempt in range(10 * len(masters)):
         tls = connect(address)
         who = master_of(tls)
         if who is None or who in kept:

@@ -1152,7 +1152,10 @@ class Guard:
         self.apply_errors = 0
         self.last_reconcile: float | None = None
         self._last_round: float | None = None
-        self._adapter: Any = None
+        # One IPVS netlink socket per thread: pyroute2 0.9 sockets fail with ECONNRESET when two threads (the
+        # probe round and the fast check) take turns on one, which cost a retry at every takedown.
+        self._local = threading.local()
+        self._adapters: list[Any] = []
         self._plumbed = False
         self._plumbing_retry_at = 0.0
         self._pending_close: set[Backend] = set()
@@ -1359,15 +1362,23 @@ class Guard:
     # ---- IPVS -------------------------------------------------------------------------------------------
 
     def _ipvs(self) -> Any:
-        if self._adapter is None:
-            self._adapter = self.hooks.ipvs_factory()
-        return self._adapter
+        """This thread's IPVS adapter (made on first use)."""
+        adapter = getattr(self._local, "adapter", None)
+        if adapter is None:
+            adapter = self._local.adapter = self.hooks.ipvs_factory()
+            with self._lock:
+                self._adapters.append(adapter)
+        return adapter
 
     def _drop_adapter(self) -> None:
-        if self._adapter is not None:
+        """Close this thread's IPVS adapter; the next use makes a new one."""
+        adapter = getattr(self._local, "adapter", None)
+        if adapter is not None:
+            self._local.adapter = None
+            with self._lock:
+                self._adapters.remove(adapter)
             with contextlib.suppress(Exception):  # a broken netlink socket must not stop the guard
-                self._adapter.close()
-            self._adapter = None
+                adapter.close()
 
     def _apply_ipvs(self, weights: Mapping[Backend, int]) -> bool:
         """Program the VIPs' services; a failed attempt is retried at once on a new netlink socket.
@@ -1711,7 +1722,11 @@ class Guard:
             thread.join(timeout=2.0)
         self._prober.close()
         self._pool.shutdown(wait=False)
-        self._drop_adapter()
+        with self._lock:
+            adapters, self._adapters = self._adapters, []
+        for adapter in adapters:
+            with contextlib.suppress(Exception):
+                adapter.close()
 
 
 # --------------------------------------------------------------------------------------------------

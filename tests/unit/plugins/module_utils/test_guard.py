@@ -11,11 +11,13 @@ trees under ``tmp_path``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import socket
 import stat
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -966,6 +968,39 @@ def test_a_failed_apply_is_retried_at_once_on_a_new_socket(rig: RigFactory, capl
     assert len(r.runner.commands("ss")) == 2
     assert "ECONNRESET; retrying on a new netlink socket" in caplog.text
     assert r.guard.snapshot().apply_errors == 0
+
+
+def test_each_thread_programs_ipvs_on_its_own_socket(rig: RigFactory, tmp_path: Path) -> None:
+    # pyroute2 0.9 sockets fail with ECONNRESET when two threads take turns on one (reproduced on the lab's
+    # kernel with two threads dumping IPVS alternately): the probe round and the fast check each get theirs.
+    r = rig()
+    made: list[Closable] = []
+
+    def factory() -> Closable:
+        made.append(Closable())
+        return made[-1]
+
+    guard = Guard(r.cfg, str(tmp_path / "guard.json"), dataclasses.replace(r.hooks, ipvs_factory=factory))
+    mine = guard._ipvs()
+    assert guard._ipvs() is mine
+    other: list[Any] = []
+    worker = threading.Thread(target=lambda: other.append(guard._ipvs()))
+    worker.start()
+    worker.join()
+    assert len(made) == 2 and other[0] is not mine
+    guard._drop_adapter()  # this thread's only
+    assert [a.closed for a in made] == [True, False]
+    assert guard._ipvs() is made[2]
+    guard.close()
+    assert all(a.closed for a in made)
+
+
+class Closable:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_connections_are_closed_once_an_apply_succeeds(rig: RigFactory) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab as labmod  # tests/lab on PYTHONPATH (make bench sets it)
-from scenarios import PORT, VIP4, kill_apiserver, playbook, run_playbook, under_load
+from scenarios import PORT, VIP4, clock_offset, kill_apiserver, playbook, run_playbook, under_load
 from scenarios import summarize as summarize_requests
 
 HERE = Path(__file__).resolve().parent
@@ -146,7 +146,7 @@ def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event
     The event's instant is the one `event` returns when it returns a float (host clock, as `kill_apiserver`
     does: taken on the victim just before the signal), else the moment it was started."""
     script = (HERE / "files" / "failover_load.py").read_text()
-    offset = float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
+    offset = clock_offset(node)
     planned = time.time() + EVENT_AFTER_S + 1.0  # the SSH session takes a moment to start the script
     argv = f"{host} {port} {CA} {victim.name} {DURATION_S} {planned + offset:.3f} {LONG_LIVED}"
     load = subprocess.Popen(

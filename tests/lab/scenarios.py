@@ -79,15 +79,24 @@ def kill_apiserver(victim: labmod.Node) -> float:
     return float(labmod.ssh(victim, script).stdout.split()[0])
 
 
+def clock_offset(node: labmod.Node) -> float:
+    """The node's clock minus the host's: 0 for a container (it reads the host's kernel clock); for the qemu
+    guest, measured over SSH and taken at its lowest bound (the reply's way back counts against it), which
+    puts an event early on the node's clock: a request sent just before it may count as sent after it."""
+    if node.kind == "nspawn":
+        return 0.0
+    return float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
+
+
 def drill(node: labmod.Node, event: Callable[[], object], seconds: float = 12, interval: float = 0.1) -> dict:
     """Run `event` 3 s into a steady load from `node` through its VIP: a new TLS connection every `interval`.
 
     Bounded: the load stops by itself after `seconds`. Times are seconds after the event, on the node's clock
-    corrected by an offset measured over SSH (a few tens of milliseconds of uncertainty). The event's instant is
-    the one `event` returns when it returns a float (host clock), else the moment it was started.
+    (`clock_offset`). The event's instant is the one `event` returns when it returns a float (host clock), else
+    the moment it was started.
     """
     script = LOAD_SCRIPT.read_text()
-    offset = float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
+    offset = clock_offset(node)
     cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {seconds} {interval}"
     load = subprocess.Popen(labmod.ssh_argv(node, cmd), stdout=subprocess.PIPE, text=True)
     time.sleep(3)

@@ -28,7 +28,9 @@ def readyz():
             while chunk := tls.recv(4096):
                 data += chunk
     head, _sep, body = data.partition(b"\r\n\r\n")
-    return head.startswith(b"HTTP/1.1 200") and body.strip().endswith(b"ok")
+    ok = head.startswith(b"HTTP/1.1 200") and body.strip().endswith(b"ok")
+    # An apiserver's own "not ready" (e.g. while it shuts down) is named by its status line.
+    return ok, "" if ok else "answered: " + head.split(b"\r\n")[0].decode("ascii", "replace")[:100]
 
 
 results = []
@@ -36,7 +38,7 @@ start = time.time()
 while time.time() - start < duration:
     t = time.time()
     try:
-        ok, error = readyz(), ""
+        ok, error = readyz()
     except Exception as exc:  # every failure is data here
         ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
     results.append([t, ok, error, round(time.time() - t, 4)])

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab as labmod  # tests/lab on PYTHONPATH (make bench sets it)
-from scenarios import PORT, VIP4, clock_offset, kill_apiserver, playbook, run_playbook, under_load
+from scenarios import PORT, VIP4, clock_offset, kill_apiserver, playbook, run_playbook, strike, under_load
 from scenarios import summarize as summarize_requests
 
 HERE = Path(__file__).resolve().parent
@@ -141,10 +141,8 @@ def latency(node: labmod.Node, masters: list[labmod.Node], proxies: dict[str, st
 
 
 def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event: Callable[[], object]) -> dict:
-    """Load through host:port on node; `event` EVENT_AFTER_S into it; the outcome, in seconds after the event.
-
-    The event's instant is the one `event` returns when it returns a float (host clock, as `kill_apiserver`
-    does: taken on the victim just before the signal), else the moment it was started."""
+    """Load through host:port on node; `event` EVENT_AFTER_S into it; the outcome, in seconds after the event
+    (its instant as `scenarios.strike` takes it)."""
     script = (HERE / "files" / "failover_load.py").read_text()
     offset = clock_offset(node)
     planned = time.time() + EVENT_AFTER_S + 1.0  # the SSH session takes a moment to start the script
@@ -153,9 +151,7 @@ def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event
         labmod.ssh_argv(node, f"python3 -c {shlex.quote(script)} {argv}"), stdout=subprocess.PIPE, text=True
     )
     time.sleep(max(0.0, planned - time.time()))
-    started = time.time()
-    instant = event()
-    event_at = (instant if isinstance(instant, float) else started) + offset
+    event_at = strike(event, offset)
     run = json.loads(load.communicate(timeout=DURATION_S + 60)[0])
     return summarize(run, event_at)
 

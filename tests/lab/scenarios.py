@@ -88,21 +88,26 @@ def clock_offset(node: labmod.Node) -> float:
     return float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
 
 
+def strike(event: Callable[[], object], offset: float) -> float:
+    """Run `event`; its instant on the node's clock (`offset` from `clock_offset`): the one `event` returns when
+    it returns a float (host clock, as `kill_apiserver` does), else the moment it was started."""
+    started = time.time()
+    instant = event()
+    return (instant if isinstance(instant, float) else started) + offset
+
+
 def drill(node: labmod.Node, event: Callable[[], object], seconds: float = 12, interval: float = 0.1) -> dict:
     """Run `event` 3 s into a steady load from `node` through its VIP: a new TLS connection every `interval`.
 
-    Bounded: the load stops by itself after `seconds`. Times are seconds after the event, on the node's clock
-    (`clock_offset`). The event's instant is the one `event` returns when it returns a float (host clock), else
-    the moment it was started.
+    Bounded: the load stops by itself after `seconds`. Times are seconds after the event (`strike`), on the
+    node's clock.
     """
     script = LOAD_SCRIPT.read_text()
     offset = clock_offset(node)
     cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {seconds} {interval}"
     load = subprocess.Popen(labmod.ssh_argv(node, cmd), stdout=subprocess.PIPE, text=True)
     time.sleep(3)
-    started = time.time()
-    instant = event()
-    event_at = (instant if isinstance(instant, float) else started) + offset
+    event_at = strike(event, offset)
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
     return summarize(run["results"], event_at)
 

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from scenarios import summarize
+import time
+
+from scenarios import strike, summarize
 
 EVENT = 100.0
 
@@ -36,3 +38,9 @@ def test_a_request_that_failed_and_ended_before_the_event_is_not_excused():
 def test_the_slowest_request_is_taken_from_settle_s_on():
     results = [request(100.5, True, took=1.5), request(102.0, True, took=0.3), request(103.0, True, took=0.2)]
     assert summarize(results, EVENT)["slowest_after_settle_s"] == 0.3
+
+
+def test_an_event_that_knows_its_instant_gives_it_else_its_start_counts():
+    assert strike(lambda: 1234.5, offset=0.25) == 1234.75
+    before = time.time()
+    assert before <= strike(lambda: None, offset=0.0) <= time.time()

@@ -7,6 +7,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/lab/versions.env
 . "$here/versions.env"
+# The previous minor (make test-k8s-previous) builds and runs with KUBEHA_K8S_VERSION=$K8S_VERSION_PREVIOUS.
+K8S_VERSION=${KUBEHA_K8S_VERSION:-$K8S_VERSION}
 
 cache=${KUBEHA_CACHE:-/var/cache/kubeha}
 out="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build the lab's node images and its offline package mirror, cached outside the repository and keyed by
-# the inputs that shape them (suite, package lists, this script). Prints the image directory.
+# Build the lab's node images and its offline package mirror for one Debian suite (the argument; default
+# DEBIAN_SUITE), cached outside the repository and keyed by the inputs that shape them (suite, package lists,
+# this script). Prints the image directory.
 #
 #   rootfs/        Debian rootfs: systemd-nspawn nodes boot it through an overlay, qemu boots it as disk.img
 #   disk.img       raw ext4 made from rootfs (the qemu worker's base disk; each lab run writes a qcow2 over it)
 #   vmlinuz initrd the Debian kernel that the qemu worker boots directly
+#                  (disk.img, vmlinuz and initrd only for DEBIAN_SUITE: the qemu worker runs that suite)
 #   mirror/        offline Debian repository with the .debs the roles install (served on the lab bridge)
 #
 # Nothing lab-specific is baked in: each node gets a per-lab "seed" (tests/lab/lab.py) mounted at
@@ -15,19 +17,27 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/lab/versions.env
 . "$here/versions.env"
 
+suite=${1:-$DEBIAN_SUITE}
+case $suite in
+  "$DEBIAN_SUITE" | "$DEBIAN_SUITE_NEWER") ;;
+  *) printf '[images] unknown suite %s: versions.env names %s and %s\n' "$suite" "$DEBIAN_SUITE" "$DEBIAN_SUITE_NEWER" >&2; exit 2 ;;
+esac
+with_kernel=$([[ $suite == "$DEBIAN_SUITE" ]] && echo 1 || echo 0)
 cache=${KUBEHA_CACHE:-/var/cache/kubeha}
-log() { printf '[images] %s\n' "$*" >&2; }
+log() { printf '[images %s] %s\n' "$suite" "$*" >&2; }
 
 # What every node has before the collection touches it (a minimal Debian server plus what the lab's own
 # services use). Everything the roles install comes from mirror/ instead.
 node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,kmod,iptables,ipset,ca-certificates,procps,less
 # What the roles install on nodes, served by the lab's mirror as a site mirror would.
 mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light libnginx-mod-stream socat curl)
+# trixie has no nginx-light of its own (a transitional name): the bench's nginx comes from `nginx` there.
+[[ $suite == bookworm ]] || mirror_pkgs=("${mirror_pkgs[@]/nginx-light/nginx}")
 
 # Bump IMAGE_REV when this script's output changes in a way the package lists do not show.
 IMAGE_REV=3
-key=$( { echo "$IMAGE_REV $DEBIAN_SUITE"; echo "$node_pkgs ${mirror_pkgs[*]} "; } | sha256sum | cut -c1-12)
-out="$cache/images/$DEBIAN_SUITE-$key"
+key=$( { echo "$IMAGE_REV $suite"; echo "$node_pkgs ${mirror_pkgs[*]} "; } | sha256sum | cut -c1-12)
+out="$cache/images/$suite-$key"
 if [[ -f $out/.complete ]]; then
   echo "$out"
   exit 0
@@ -44,17 +54,19 @@ mkdir -p "$work"
 rootfs="$work/rootfs"
 
 start=$SECONDS
-log "debootstrap $DEBIAN_SUITE (about a minute)"
-debootstrap --variant=minbase --include="$node_pkgs" "$DEBIAN_SUITE" "$rootfs" "$mirror_url" >"$work/debootstrap.log" 2>&1 \
+log "debootstrap (about a minute)"
+debootstrap --variant=minbase --include="$node_pkgs" "$suite" "$rootfs" "$mirror_url" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 
 in_root() { chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
 mount -t proc proc "$rootfs/proc"
 trap 'umount "$rootfs/proc" 2>/dev/null || true' EXIT
 
-log "kernel for the qemu worker (about a minute)"
-in_root apt-get install -y -qq --no-install-recommends linux-image-amd64 initramfs-tools >"$work/kernel.log" 2>&1 \
-  || { tail -20 "$work/kernel.log" >&2; exit 1; }
+if ((with_kernel)); then
+  log "kernel for the qemu worker (about a minute)"
+  in_root apt-get install -y -qq --no-install-recommends linux-image-amd64 initramfs-tools >"$work/kernel.log" 2>&1 \
+    || { tail -20 "$work/kernel.log" >&2; exit 1; }
+fi
 
 log "offline mirror: ${mirror_pkgs[*]}"
 mkdir -p "$work/mirror"
@@ -102,11 +114,12 @@ done
 ln -sf /lib/systemd/system/serial-getty@.service "$rootfs/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
 sed -i 's/^#\?UseDNS.*/UseDNS no/' "$rootfs/etc/ssh/sshd_config"
 rm -f "$rootfs"/etc/ssh/ssh_host_*  # made per node by the seed's init
-cp "$rootfs"/boot/vmlinuz-* "$work/vmlinuz"
-cp "$rootfs"/boot/initrd.img-* "$work/initrd"
-
-log "guest disk (ext4 from the rootfs, no loop device)"
-mkfs.ext4 -q -L kubeha-root -d "$rootfs" "$work/disk.img" 3G
+if ((with_kernel)); then
+  cp "$rootfs"/boot/vmlinuz-* "$work/vmlinuz"
+  cp "$rootfs"/boot/initrd.img-* "$work/initrd"
+  log "guest disk (ext4 from the rootfs, no loop device)"
+  mkfs.ext4 -q -L kubeha-root -d "$rootfs" "$work/disk.img" 3G
+fi
 
 touch "$work/.complete"
 rm -rf "$out"

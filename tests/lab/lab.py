@@ -60,6 +60,8 @@ def versions() -> dict[str, str]:
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             out[key.strip()] = value.strip()
+    # make test-k8s-previous runs the lab on the previous minor (build_binaries.sh reads the same variable).
+    out["K8S_VERSION"] = os.environ.get("KUBEHA_K8S_VERSION") or out["K8S_VERSION"]
     return out
 
 
@@ -86,6 +88,12 @@ class Node:
     @property
     def has_ipvs(self) -> bool:
         return self.kind == "qemu"
+
+    @property
+    def suite(self) -> str:
+        """The node's Debian release: the newer one on nspawn workers, so every lab run has both."""
+        v = versions()
+        return v["DEBIAN_SUITE_NEWER"] if self.kind == "nspawn" and self.role == "worker" else v["DEBIAN_SUITE"]
 
 
 def topology() -> list[Node]:
@@ -511,6 +519,7 @@ def make_seed(node: Node, nodes: list[Node], bindir: Path, joining: bool = False
         "LAB_GW4": GW4,
         "LAB_GW6": GW6,
         "SITE_MIRROR": SITE_MIRROR,
+        "SITE_DEBIAN": mirror_path(node.suite),
         "HOSTS_LINES": "\n".join(hosts),
         "START_UNITS": " ".join(units),
     }
@@ -600,24 +609,35 @@ def start_qemu(node: Node, images: Path, state: dict) -> None:
     save_state(state)
 
 
+# The nodes' Python versions: bookworm's 3.11 and trixie's 3.13 (one wheelhouse serves both releases).
+NODE_PYTHONS = ("3.11", "3.13")
+
+
 def build_wheelhouse() -> Path:
-    """The site's Python wheelhouse for the nodes (Python 3.11, x86_64), cached by the content of wheels.txt."""
+    """The site's Python wheelhouse for the nodes (x86_64, every NODE_PYTHONS), cached by wheels.txt's content."""
     spec = HERE / "wheels.txt"
-    key = hashlib.sha256(spec.read_bytes()).hexdigest()[:12]
+    key = hashlib.sha256(spec.read_bytes() + " ".join(NODE_PYTHONS).encode()).hexdigest()[:12]
     out = CACHE / "wheels" / key
     if not (out / ".complete").exists():
-        log(f"wheelhouse from {spec.name}")
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:"]
-        pip += ["--python-version", "3.11", "--platform", "manylinux2014_x86_64", "--platform", "any"]
-        sh(*pip, "-d", str(out), "-r", str(spec), timeout=600)
+        log(f"wheelhouse from {spec.name} for Python {', '.join(NODE_PYTHONS)}")
+        for python in NODE_PYTHONS:
+            pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:"]
+            pip += ["--python-version", python, "--platform", "manylinux2014_x86_64", "--platform", "any"]
+            sh(*pip, "-d", str(out), "-r", str(spec), timeout=600)
         (out / ".complete").touch()
     return out
 
 
-def start_mirror(images: Path, wheels: Path, state: dict) -> None:
+def mirror_path(suite: str) -> str:
+    """Where the lab's site mirror serves a Debian release's packages (the default release keeps `debian`)."""
+    return "debian" if suite == versions()["DEBIAN_SUITE"] else f"debian-{suite}"
+
+
+def start_mirror(images: dict[str, Path], wheels: Path, state: dict) -> None:
     served = WORK / "mirror"
     served.mkdir(parents=True, exist_ok=True)
-    for name, target in (("debian", images / "mirror"), ("wheels", wheels)):
+    targets = [(mirror_path(suite), path / "mirror") for suite, path in images.items()] + [("wheels", wheels)]
+    for name, target in targets:
         link = served / name
         link.unlink(missing_ok=True)
         link.symlink_to(target)
@@ -756,9 +776,17 @@ def write_inventory(nodes: list[Node]) -> Path:
 # commands
 
 
-def build() -> tuple[Path, Path, Path]:
+def build_images(suites: set[str]) -> dict[str, Path]:
+    out = {}
+    for suite in sorted(suites):
+        printed = sh("bash", str(HERE / "build_images.sh"), suite, timeout=3600).stdout.strip().splitlines()
+        out[suite] = Path(printed[-1])
+    return out
+
+
+def build(nodes: list[Node]) -> tuple[Path, dict[str, Path], Path]:
     bindir = Path(sh("bash", str(HERE / "build_binaries.sh"), timeout=7200).stdout.strip().splitlines()[-1])
-    images = Path(sh("bash", str(HERE / "build_images.sh"), timeout=3600).stdout.strip().splitlines()[-1])
+    images = build_images({n.suite for n in nodes} | {versions()["DEBIAN_SUITE"]})
     return bindir, images, build_wheelhouse()
 
 
@@ -768,12 +796,14 @@ def cmd_up() -> None:
         if STATE.exists() or any_lab_netns():
             log("a previous lab is here: cleaning it up first")
             teardown()
-        bindir, images, wheels = build()
-        log(f"binaries {bindir.name}, images {images.name}")
         nodes = topology()
+        bindir, images, wheels = build(nodes)
+        log(f"binaries {bindir.name}, images {', '.join(p.name for p in images.values())}")
+        default_images = images[versions()["DEBIAN_SUITE"]]
         state = {
             "bindir": str(bindir),
-            "images": str(images),
+            "images": str(default_images),
+            "images_by_suite": {suite: str(path) for suite, path in images.items()},
             "nodes": [asdict(n) for n in nodes],
             "pids": {},
             "mounts": [],
@@ -791,9 +821,9 @@ def cmd_up() -> None:
         log("booting " + ", ".join(f"{n.name} ({n.kind})" for n in nodes))
         for node in nodes:
             if node.kind == "qemu":
-                start_qemu(node, images, state)
+                start_qemu(node, default_images, state)
             else:
-                start_nspawn(node, images, bindir, state)
+                start_nspawn(node, images[node.suite], bindir, state)
         masters = [n for n in nodes if n.role == "control-plane"]
         with ThreadPoolExecutor(len(nodes)) as pool:
             list(pool.map(lambda n: wait_for(f"SSH on {n.name}", lambda: ssh(n, "true", timeout=15), 240), nodes))

@@ -127,3 +127,22 @@ def test_ansible_reaches_every_node(lab, nodes):
     assert res.returncode == 0, res.stdout + res.stderr
     for name in nodes:
         assert f"{name} | SUCCESS" in res.stdout
+
+
+def test_apiservers_and_nodes_run_the_pinned_versions(nodes):
+    # The release the lab was built for (KUBEHA_K8S_VERSION for the previous minor), asked of each apiserver.
+    want = labmod.versions()["K8S_VERSION"]
+    for m in (n for n in nodes.values() if n.role == "control-plane"):
+        res = hub_curl("--cacert", str(WORK / "ca.crt"), f"https://{m.addr4}:6443/version")
+        assert res.returncode == 0, f"{m.name}: {res.stderr}"
+        assert json.loads(res.stdout)["gitVersion"] == want, m.name
+
+
+def test_both_supported_debian_releases_run_in_the_lab(nodes):
+    seen = {}
+    for node in nodes.values():
+        codename = labmod.ssh(node, ". /etc/os-release && echo $VERSION_CODENAME").stdout.strip()
+        assert codename == node.suite, f"{node.name} runs {codename}, the lab meant {node.suite}"
+        seen.setdefault(codename, []).append(node.name)
+    v = labmod.versions()
+    assert set(seen) == {v["DEBIAN_SUITE"], v["DEBIAN_SUITE_NEWER"]}, seen

@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 # Where ansible-test and ansible-playbook see this checkout as kubeha.apiserver.
 COLL := .build/collections/ansible_collections/kubeha/apiserver
 
-.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test demo bench clean collection
+.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test test-k8s-previous test-compat demo bench clean collection docs
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/ansible-lint --profile production
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	$(BIN)/antsibull-docs lint-collection-docs --plugin-docs --validate-collection-refs dependent \
+	  --disallow-unknown-collection-refs .
 
 # ansible-test keeps its sanity virtualenvs under $$HOME/.ansible/test: give it a home in the cache,
 # with a pip bootstrap that uses the package index (its own get-pip download is not reachable here).
@@ -34,12 +38,23 @@ sanity: collection
 	cd $(COLL) && HOME=$(ANSIBLE_TEST_HOME) $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --venv \
 	  --requirements --color no
 
+# The unit tests and sanity on every ansible-core release the collection supports (requirements/compat/matrix.txt),
+# each in a virtualenv kept in the cache. Outside `make test` for time (see README, Supported versions).
+test-compat: collection
+	bash scripts/test_compat.sh $(COLL)
+
+# The collection's HTML documentation (antsibull-docs, Sphinx -W), all generated: $(DOCS)/build/html/index.html.
+DOCS := .build/docs
+docs: collection
+	$(PY) docs/build.py --collections-path $(abspath $(COLL)/../../..) --dest $(DOCS)
+
 unit: setup
 	$(BIN)/pytest tests/unit -q
 
 lab-build: setup
 	@bash tests/lab/build_binaries.sh >/dev/null
-	@bash tests/lab/build_images.sh >/dev/null
+	@. tests/lab/versions.env && for suite in $$DEBIAN_SUITE $$DEBIAN_SUITE_NEWER; do \
+	  bash tests/lab/build_images.sh $$suite >/dev/null; done
 
 lab-up: lab-build
 	$(PY) tests/lab/lab.py up
@@ -58,13 +73,23 @@ lab-test: lab-build
 test: lint sanity lab-build
 	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40
 
+# The collection on the previous Kubernetes minor (K8S_VERSION_PREVIOUS in tests/lab/versions.env): a new lab of
+# that release, its acceptance (the apiservers answer that version), the molecule default scenario (site.yml,
+# idempotence, verify on every node), lab down. Outside `make test` for time; the README records the last result.
+K8S_PREVIOUS = $(shell . tests/lab/versions.env && echo $$K8S_VERSION_PREVIOUS)
+test-k8s-previous: lab-build
+	$(PY) tests/lab/lab.py down
+	KUBEHA_K8S_VERSION=$(K8S_PREVIOUS) bash tests/lab/build_binaries.sh >/dev/null
+	KUBEHA_K8S_VERSION=$(K8S_PREVIOUS) $(BIN)/pytest tests/lab/test_lab.py tests/integration/test_local_proxy.py::test_every_guard_discovers_the_masters_and_needs_the_grant_to tests/lab/test_zz_down.py -q -p no:cacheprovider
+
 # The main job against the built-in lab: lab up, playbooks/site.yml, then a master killed under load.
 demo: lab-up
 	$(PY) tests/lab/lab.py status
 	$(PY) tests/lab/scenarios.py
 
-# Failover and overhead of the IPVS and haproxy modes beside a kubespray-like nginx, on the lab: a table and
-# .build/bench/bench.json. Reuses a running lab (or brings one up) and leaves it up, like demo.
+# Failover and overhead of the IPVS and haproxy modes beside a kubespray-like nginx, on the lab: a table,
+# .build/bench/bench.json and its failover timeline .build/bench/failover.png (tests/bench/plot.py draws it again:
+# `--copy-to docs/images/failover.png` for the README). Reuses a running lab (or brings one up), leaves it up.
 bench: lab-build
 	PYTHONPATH=tests/lab $(PY) tests/bench/bench.py
 

@@ -1,3 +1,4 @@
+# Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # Private to the kubeha.apiserver collection: not a public API, may change without notice.

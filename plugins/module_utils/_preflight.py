@@ -1,3 +1,4 @@
+# Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # Private to the kubeha.apiserver collection: not a public API, may change without notice.
@@ -87,6 +88,8 @@ def check(
     facts: NodeFacts,
     forbidden_ranges: Iterable[str] = (),
     own_interface: str = "kha0",
+    metrics_address: str = "127.0.0.1",
+    metrics_port: int = 9445,
 ) -> Verdict:
     errors: list[str] = []
     warnings: list[str] = []
@@ -155,7 +158,35 @@ def check(
                 errors.append(message + ": haproxy could not bind the VIP; choose another port")
             else:
                 warnings.append(message + "; IPVS takes the VIP's packets first, but choose another port if you can")
+    errors.extend(_check_metrics(metrics_address, metrics_port, port, facts))
     return Verdict(errors, warnings, resolved, [format_endpoint(a, p) for a, p in parsed])
+
+
+def _check_metrics(address: str, port: int, proxy_port: int, facts: NodeFacts) -> list[str]:
+    """The guard's metrics endpoint: an address it can bind on this node (its config parser would refuse the
+    others, or the bind fail after the change), a port that is not the proxy's. Not checked: a socket already
+    listening there, which is the guard itself on every run after the first."""
+    hint = "use 127.0.0.1, an address of this node, 0.0.0.0 or ::"
+    try:
+        ip = ipaddress.ip_address(str(address))
+    except ValueError:
+        return [f"metrics address {address!r} is not an IPv4 or IPv6 address ({hint})"]
+    if getattr(ip, "scope_id", None):
+        return [f"metrics address {address!r} carries a zone index, which the guard does not support ({hint})"]
+    if not 0 <= int(port) <= 65535:
+        return [f"metrics port {port} is not 0-65535 (0: no metrics endpoint)"]
+    if int(port) == 0:
+        return []
+    if int(port) == int(proxy_port):
+        return [f"metrics port {port} is the proxy's own port; choose another (the default is 9445)"]
+    if ip.is_unspecified or ip.is_loopback:
+        return []
+    if ip.version == 6 and ip.is_link_local:
+        return [f"metrics address {ip} is IPv6 link-local: binding it takes a zone index, unsupported ({hint})"]
+    own = {ipaddress.ip_interface(cidr).ip for addrs in facts.interfaces.values() for cidr in addrs}
+    if facts.interfaces and ip not in own:
+        return [f"metrics address {ip} is not an address of this node ({hint})"]
+    return []
 
 
 # --- readers of the node's state -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: cluster_endpoint
 short_description: Point the cluster's own objects at the node-local apiserver endpoint
+version_added: 0.1.0
 description:
   - Makes the objects through which nodes and kube-proxy find kube-apiserver name the node-local endpoint
     (by default U(https://169.254.100.1:6444)) that the C(local_proxy) role serves on every node. The targets

@@ -8,6 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: discovery_access
 short_description: Let the nodes list the apiservers' EndpointSlices, and nothing more
+version_added: 0.1.0
 description:
   - The guard of the C(local_proxy) role finds the apiservers by listing the EndpointSlices of the
     C(default/kubernetes) Service, authenticating with the node's kubelet client certificate (user

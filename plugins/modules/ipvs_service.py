@@ -8,6 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: ipvs_service
 short_description: Manage a kernel IPVS virtual server and its real servers
+version_added: 0.1.0
 description:
   - Creates, changes or removes one kernel IPVS virtual server (address, port and protocol) and its
     real servers, idempotently, through netlink with pyroute2.

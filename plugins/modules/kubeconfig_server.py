@@ -8,6 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: kubeconfig_server
 short_description: Point a kubeconfig file on a node at another apiserver endpoint, proven with its own credentials
+version_added: 0.1.0
 description:
   - Rewrites the C(server) of the cluster that the current context of a kubeconfig file uses (kubelet's
     C(/etc/kubernetes/kubelet.conf), a kube-proxy kubeconfig...), typically to the node-local endpoint

@@ -8,6 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: kubeproxy_exclude_cidr
 short_description: Keep addresses in kube-proxy's ipvs.excludeCIDRs in the kubeadm ConfigMap
+version_added: 0.1.0
 description:
   - kube-proxy in IPVS mode deletes the IPVS virtual servers it does not own unless their address is inside
     one of its C(ipvs.excludeCIDRs). This module adds addresses or CIDRs to that list (or removes them) in

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ options:
     description: The proxy's own interface, whose addresses are not counted as collisions.
     type: str
     default: kha0
+  metrics_address:
+    description:
+      - Address the guard's metrics endpoint is to listen on.
+      - An IPv4 or IPv6 address without a zone index; a loopback, an unspecified (V(0.0.0.0), V(::)) or one of
+        this node's addresses.
+    type: str
+    default: 127.0.0.1
+  metrics_port:
+    description: Port of the guard's metrics endpoint, not the proxy's O(port); V(0) for no endpoint.
+    type: int
+    default: 9445
 """
 
 EXAMPLES = r"""
@@ -116,13 +128,15 @@ def main() -> None:
             "mode": {"type": "str", "choices": ["auto", "ipvs", "haproxy"], "default": "auto"},
             "forbidden_ranges": {"type": "list", "elements": "str", "default": []},
             "interface": {"type": "str", "default": "kha0"},
+            "metrics_address": {"type": "str", "default": "127.0.0.1"},
+            "metrics_port": {"type": "int", "default": 9445},
         },
         supports_check_mode=True,
     )
     p = module.params
     facts = read_node_facts(module.get_bin_path("ip", opt_dirs=["/sbin", "/usr/sbin"]) or "ip")
     verdict = check(p["vip4"], p["vip6"], p["port"], p["backends"], p["mode"], facts, p["forbidden_ranges"],
-                    p["interface"])  # fmt: skip
+                    p["interface"], p["metrics_address"], p["metrics_port"])  # fmt: skip
     for warning in verdict.warnings:
         module.warn(warning)
     local = [a.split("/")[0] for name, addrs in facts.interfaces.items() if name not in ("lo", p["interface"])

@@ -1,4 +1,4 @@
-"""`make bench`: the local proxy's failover and overhead on the lab, side by side in one run; a table and JSON.
+"""`make bench`: the local proxy's failover and overhead on the lab, side by side in one run; a table, JSON, PNG.
 
 Proxies compared, each on the node where it runs:
 - ipvs: the collection's IPVS mode (w1, the qemu worker with a real kernel), VIP 169.254.100.1:6444;
@@ -16,12 +16,15 @@ or restarted by systemd) under load, and the guard's memory and CPU. Every run i
 itself; the lab is left as found, except that site.yml has been applied and the certificates carry the new names.
 
     PYTHONPATH=tests/lab .venv/bin/python tests/bench/bench.py [--json PATH] [--rounds N]   (make bench)
+
+Beside the JSON it draws failover.png, every failover request on a timeline (tests/bench/plot.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab as labmod  # tests/lab on PYTHONPATH (make bench sets it)
+import plot as plotmod  # tests/bench/plot.py: the failovers as a PNG
 from scenarios import PORT, VIP4, clock_offset, kill_apiserver, playbook, run_playbook, strike, under_load
 from scenarios import summarize as summarize_requests
 
@@ -50,6 +54,8 @@ TARGETS = {
     "latency": "IPVS adds <= 5 % at the median, on new and on kept connections",
 }
 LATENCY_RATIO, LATENCY_BLOCKS = 1.05, 5
+# An indented JSON list of numbers, booleans or nulls (no strings: a string holds no raw newline, so never matches).
+_SCALAR_LIST = re.compile(r"\[\n\s+((?:[-+.\w]+,\n\s+)*[-+.\w]+)\n\s*\]")
 
 
 def log(msg: str) -> None:
@@ -153,7 +159,7 @@ def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event
     time.sleep(max(0.0, planned - time.time()))
     event_at = strike(event, offset)
     run = json.loads(load.communicate(timeout=DURATION_S + 60)[0])
-    return summarize(run, event_at)
+    return summarize(run, event_at) | {"victim": victim.name}
 
 
 def summarize(run: dict, event_at: float) -> dict:
@@ -162,6 +168,10 @@ def summarize(run: dict, event_at: float) -> dict:
     pinned = [r for r in run["long_lived"] if r["pinned"]]
     answered = [r["answered_again_at"] - event_at for r in pinned if r["answered_again_at"] is not None]
     closed = [r["closed_at"] - event_at for r in pinned if r["closed_at"] is not None]
+
+    def since_event(at: float | None) -> float | None:
+        return None if at is None else round(at - event_at, 3)
+
     return {
         "requests": steady["requests"],
         "failed": steady["failed"],
@@ -174,6 +184,13 @@ def summarize(run: dict, event_at: float) -> dict:
         "long_lived_answered_again_max_s": round(max(answered), 3) if len(answered) == len(pinned) and pinned else None,
         "long_lived_hung": len(pinned) - len(answered),
         "errors": steady["errors"],
+        # Every steady request: [start in s after the event, ok, duration in s] (the picture of the failover).
+        "timeline": [[round(t - event_at, 3), bool(ok), round(took, 4)] for t, ok, _e, took in run["steady"]],
+        # Each pinned long-lived connection: when it was closed and answered again, in s after the event.
+        "long_lived_timeline": [
+            {"closed_s": since_event(r["closed_at"]), "answered_again_s": since_event(r["answered_again_at"])}
+            for r in pinned
+        ],
     }
 
 
@@ -326,6 +343,12 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def dumps(results: dict) -> str:
+    """The results as indented JSON, each list of plain numbers or booleans on one line (a timeline row)."""
+    return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m[1].split(",")) + "]",
+                            json.dumps(results, indent=2))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=str(labmod.REPO / ".build" / "bench" / "bench.json"))
@@ -333,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args.rounds)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.json).write_text(dumps(results) + "\n")
     print(table(results))
     print(f"\nJSON: {args.json}")
+    print(f"PNG: {plotmod.write(results, Path(args.json).with_name('failover.png'))}")
     return 0
 
 

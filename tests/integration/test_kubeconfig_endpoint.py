@@ -20,12 +20,13 @@ import json
 import re
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 
 import lab as labmod
 import pytest
 from conftest import FILES, run_module
-from scenarios import playbook, run_playbook
+from scenarios import example_inventory, playbook, run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "kubeha.apiserver.kubeconfig_server"
@@ -141,8 +142,13 @@ def lab_files(nodes, masters):
     found_switched = any(server_of(f["kubelet.conf"]["data"]) == SERVER for f in initial.values())
     if cert_sans_role_committed():
         apply_cert_sans_role()
-    site = playbook("site")
+    # As a kubeadm user would run it: the lab's hosts in the README's kubeadm inventory (examples/inventory/kubeadm:
+    # groups masters and workers mapped into the collection's, its group_vars included).
+    with tempfile.TemporaryDirectory() as tmp:
+        site = playbook("site", inventory_file=example_inventory(Path(tmp), "kubeadm"))
     assert site.returncode == 0, site.stdout[-6000:] + site.stderr[-2000:]
+    found = f"kube_control_plane: {', '.join(m.name for m in masters)};"
+    assert found in site.stdout, "the kubeadm layout's masters were not found"
     missing = [m.name for m in masters if f"IP Address:{VIP}" not in served_sans(m)]
     if missing:
         pytest.fail(f"the apiservers of {', '.join(missing)} serve a certificate without {VIP} (apiserver_cert_sans)")

@@ -12,13 +12,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import lab as labmod
 import pytest
 from conftest import FILES, run_module
-from scenarios import PORT, VIP4, drill, kill_apiserver, molecule, playbook, run_playbook, under_load
+from scenarios import PORT, VIP4, drill, example_inventory, kill_apiserver, molecule, playbook, run_playbook, under_load
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 DROP_6443 = "iptables -I INPUT -p tcp --dport 6443 -j DROP"
@@ -331,5 +332,10 @@ def test_reset_removes_everything_then_site_restores(installed, nodes, masters):
         assert leftovers.strip() == "", (node.name, leftovers)
         if node.has_ipvs:
             assert f"{VIP4}:{PORT}" not in labmod.ssh(node, "ipvsadm -Ln").stdout
-    again = site()
+    # site.yml again, from nothing, as a kubespray user would run it: the lab's hosts in the README's kubespray
+    # inventory layout (examples/inventory/kubespray, its group_vars included, the lab's mirror as the wheelhouse).
+    with tempfile.TemporaryDirectory() as tmp:
+        again = playbook("site", inventory_file=example_inventory(Path(tmp), "kubespray"))
     assert again.returncode == 0, again.stdout[-6000:]
+    found = f"kube_control_plane: {', '.join(m.name for m in masters)};"
+    assert found in again.stdout, "the kubespray layout's masters were not found"

@@ -44,10 +44,12 @@ def ansible_env() -> dict[str, str]:
 
 
 def run_playbook(path: Path, *extra: str, variables: dict | None = None, inventory: dict | None = None,
-                 capture: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:  # fmt: skip
-    """A playbook file against the lab's inventory, or against `inventory` (a variant of it) when given."""
+                 inventory_file: Path | None = None, capture: bool = True,
+                 timeout: float = 1800) -> subprocess.CompletedProcess:  # fmt: skip
+    """A playbook file against the lab's inventory, or against `inventory` (a variant of it), or against the
+    inventory file `inventory_file` (e.g. an example layout written by `example_inventory`) when given."""
     with tempfile.TemporaryDirectory() as tmp:
-        hosts = labmod.WORK / "inventory.yml"
+        hosts = inventory_file or labmod.WORK / "inventory.yml"
         if inventory is not None:
             hosts = Path(tmp) / "inventory.yml"
             hosts.write_text(json.dumps(inventory))  # JSON is YAML: ansible's yaml inventory plugin reads it
@@ -57,9 +59,38 @@ def run_playbook(path: Path, *extra: str, variables: dict | None = None, invento
         return subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, env=ansible_env(), check=False)
 
 
-def playbook(name: str, *extra: str, capture: bool = True, inventory: dict | None = None):
-    """playbooks/NAME.yml against the lab's inventory (or a variant of it)."""
-    return run_playbook(REPO / "playbooks" / f"{name}.yml", *extra, capture=capture, inventory=inventory)
+def playbook(name: str, *extra: str, capture: bool = True, inventory: dict | None = None,
+             inventory_file: Path | None = None):  # fmt: skip
+    """playbooks/NAME.yml against the lab's inventory (or a variant of it, or another inventory file)."""
+    return run_playbook(
+        REPO / "playbooks" / f"{name}.yml", *extra, capture=capture, inventory=inventory, inventory_file=inventory_file
+    )
+
+
+def example_inventory(dest: Path, layout: str) -> Path:
+    """The lab's hosts written into one of the README's example inventories (examples/inventory/LAYOUT), with
+    the lab's connection settings and its site mirror as the wheelhouse: what a user of that layout would run."""
+    import yaml  # the project's virtualenv has it (ansible-core)
+    from example_inventory import write_example_inventory  # tests/, on sys.path by tests/conftest.py
+
+    lab_inventory = yaml.safe_load((labmod.WORK / "inventory.yml").read_text())["all"]
+    groups = lab_inventory["children"]
+    hosts = {g: groups[g].get("hosts") or {} for g in ("kube_control_plane", "kube_node")}
+    lab_vars = {name: v for h in hosts.values() for name, v in h.items()}
+    return write_example_inventory(
+        dest,
+        layout,
+        masters={name: v["ansible_host"] for name, v in hosts["kube_control_plane"].items()},
+        workers={name: v["ansible_host"] for name, v in hosts["kube_node"].items()},
+        all_vars=lab_inventory["vars"],
+        host_vars={name: {k: x for k, x in v.items() if k != "ansible_host"} for name, v in lab_vars.items()},
+        settings={
+            "local_proxy_pip_index_url": "",
+            "local_proxy_pip_find_links": [f"{labmod.SITE_MIRROR}/wheels/"],
+            "local_proxy_pip_trusted_hosts": [labmod.GW4],
+            "local_proxy_pip_no_index": True,
+        },
+    )
 
 
 def molecule(*args: str) -> subprocess.CompletedProcess:

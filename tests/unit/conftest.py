@@ -7,14 +7,23 @@ Under ``ansible-test units`` (or any checkout at ``.../ansible_collections/kubeh
 collection is already importable, or becomes so by putting the directory above
 ``ansible_collections`` on ``sys.path``. Otherwise a git-ignored ``.build/pytest-collections/
 ansible_collections/kubeha/apiserver`` symlink to the repository root is created and used.
+
+On ansible-core older than 2.19 (``make test-compat``), which has no ``ansible.module_utils.testing``, its
+``patch_module_args`` is provided here, feeding the arguments the way those releases read them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import json
 import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 COLLECTION = "ansible_collections.kubeha.apiserver"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,4 +57,28 @@ def _make_collection_importable() -> None:
     importlib.invalidate_caches()
 
 
+def _provide_patch_module_args() -> None:
+    try:
+        importlib.import_module("ansible.module_utils.testing")
+        return
+    except ModuleNotFoundError as exc:
+        if exc.name != "ansible.module_utils.testing":
+            raise
+    from ansible.module_utils import basic
+
+    @contextlib.contextmanager
+    def patch_module_args(args: dict[str, Any] | None = None) -> Iterator[None]:
+        """Expose the given module args to ``AnsibleModule`` instances created within this context."""
+        if not isinstance(args, dict | None):
+            raise TypeError("The `args` arg must be a dict or None.")
+        payload = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
+        with mock.patch.object(basic, "_ANSIBLE_ARGS", payload):
+            yield
+
+    testing = types.ModuleType("ansible.module_utils.testing", "patch_module_args for ansible-core < 2.19")
+    testing.patch_module_args = patch_module_args  # type: ignore[attr-defined]
+    sys.modules[testing.__name__] = testing
+
+
 _make_collection_importable()
+_provide_patch_module_args()

@@ -31,7 +31,8 @@ CERT = {
 @pytest.fixture(autouse=True)
 def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
 
 
 def run(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:

@@ -164,7 +164,8 @@ class FakeTime:
 @pytest.fixture(autouse=True)
 def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
 
 
 @pytest.fixture

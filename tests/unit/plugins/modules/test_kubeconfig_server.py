@@ -41,7 +41,8 @@ REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 @pytest.fixture(autouse=True)
 def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
 
 
 def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:

@@ -82,3 +82,12 @@ def _provide_patch_module_args() -> None:
 
 _make_collection_importable()
 _provide_patch_module_args()
+
+
+# tests/unit/bench imports the bench's own code (tests/bench/bench.py and plot.py; tests/conftest.py already puts
+# tests/lab, which bench.py imports, on sys.path). Importing them starts nothing: the bench runs from main() only.
+# Here rather than in a tests/unit/bench/conftest.py: a second conftest module outside a package would replace the
+# one the lab suites import their helpers from (`from conftest import ...` in tests/integration).
+_BENCH = REPO_ROOT / "tests" / "bench"
+if str(_BENCH) not in sys.path:
+    sys.path.insert(0, str(_BENCH))

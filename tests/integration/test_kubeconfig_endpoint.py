@@ -151,8 +151,8 @@ def lab_files(nodes, masters):
     with tempfile.TemporaryDirectory() as tmp:
         site = playbook("site", inventory_file=example_inventory(Path(tmp), "kubeadm"))
     assert site.returncode == 0, site.stdout[-6000:] + site.stderr[-2000:]
-    found = f"kube_control_plane: {', '.join(m.name for m in masters)};"
-    assert found in site.stdout, "the kubeadm layout's masters were not found"
+    layout_masters = f"kube_control_plane: {', '.join(m.name for m in masters)};"
+    assert layout_masters in site.stdout, "the kubeadm layout's masters were not found"
     missing = [m.name for m in masters if f"IP Address:{VIP}" not in served_sans(m)]
     if missing:
         pytest.fail(f"the apiservers of {', '.join(missing)} serve a certificate without {VIP} (apiserver_cert_sans)")

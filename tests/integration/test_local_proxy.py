@@ -337,5 +337,5 @@ def test_reset_removes_everything_then_site_restores(installed, nodes, masters):
     with tempfile.TemporaryDirectory() as tmp:
         again = playbook("site", inventory_file=example_inventory(Path(tmp), "kubespray"))
     assert again.returncode == 0, again.stdout[-6000:]
-    found = f"kube_control_plane: {', '.join(m.name for m in masters)};"
-    assert found in again.stdout, "the kubespray layout's masters were not found"
+    layout_masters = f"kube_control_plane: {', '.join(m.name for m in masters)};"
+    assert layout_masters in again.stdout, "the kubespray layout's masters were not found"

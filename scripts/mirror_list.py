@@ -45,12 +45,23 @@ def _default(root: Path, role: str, name: str) -> list[str]:
     return _strings(defaults[name], f"{rel}: {name}")
 
 
+def _tasks(node: object) -> list[dict]:
+    """The tasks of a task file, those inside blocks included."""
+    found = []
+    for task in node if isinstance(node, list) else []:
+        if isinstance(task, dict):
+            found.append(task)
+            for key in ("block", "rescue", "always"):
+                found.extend(_tasks(task.get(key)))
+    return found
+
+
 def _venv_packages(root: Path) -> list[str]:
     """The apt packages tasks/venv.yml installs on every node (its include of packages.yml)."""
     rel = "roles/local_proxy/tasks/venv.yml"
     tasks = _load(root, rel)
-    for task in tasks if isinstance(tasks, list) else []:
-        if isinstance(task, dict) and str(task.get("ansible.builtin.include_tasks", "")) == "packages.yml":
+    for task in _tasks(tasks):
+        if str(task.get("ansible.builtin.include_tasks", "")) == "packages.yml":
             return _strings(
                 (task.get("vars") or {}).get("local_proxy_apt_packages"), f"{rel}: local_proxy_apt_packages"
             )

@@ -224,8 +224,10 @@ def test_all_masters_but_one_down_then_they_return(installed, nodes, masters, ki
         result = drill(node, lambda: apiservers(stopped, "stop"), seconds=10)
         print(f"\n{kind} on {node.name}, {', '.join(m.name for m in stopped)} stopped: {json.dumps(result)}")
         assert result["requests"] >= 30
-        # A graceful stop refuses new connections at once: the fast check sees it within 0.25 s.
-        assert result["last_failure_s"] is None or result["last_failure_s"] <= 1.5, result
+        # A graceful stop refuses new connections at once: the fast check (every 0.25 s) sees it, the probe round
+        # (fall 2 x 1 s) at the latest. That bound, not the fast check's figure: a loaded 2-core CI machine slows
+        # the emulated node's guard (make bench measures the figures themselves, side by side).
+        assert result["last_failure_s"] is None or result["last_failure_s"] <= 2.5, result
         assert spread(node, 12) == {last.name: 12}
     finally:
         apiservers(stopped, "start")
@@ -237,7 +239,9 @@ def test_all_masters_but_one_down_then_they_return(installed, nodes, masters, ki
     )
     back_after = time.monotonic() - ready_at
     print(f"{kind} on {node.name}: every master answers through the VIP {back_after:.1f} s after the last was ready")
-    assert back_after <= 6.0  # rise 2 x 1 s, a round, and this poll's own SSH round trips
+    # rise 2 x 1 s and a round, plus this poll's own SSH session and 9 connections (seconds on the emulated node
+    # of a loaded machine): a bound on the guard's doing, not the figure (make bench measures that).
+    assert back_after <= 10.0
 
 
 def test_kube_proxy_restart_under_load_fails_nothing(installed, nodes):

@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 # Where ansible-test and ansible-playbook see this checkout as kubeha.apiserver.
 COLL := .build/collections/ansible_collections/kubeha/apiserver
 
-.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test test-k8s-previous test-compat demo bench clean collection docs
+.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test test-extended test-k8s-previous test-compat demo bench clean collection docs
 
 setup:
 	@bash scripts/setup.sh
@@ -70,8 +70,16 @@ lab-test: lab-build
 	$(BIN)/pytest tests/lab -q
 
 # The lab's own acceptance first (on the lab as kubeadm leaves it), then the collection on it, then lab down.
+# Two lab suites run in `make test-extended` instead, for time (README, Molecule): make test would take about 85 min.
+EXTENDED := tests/integration/test_local_proxy_kubeconfigs.py tests/integration/test_molecule_day2.py
 test: lint sanity lab-build
-	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40
+	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40 \
+	  $(foreach f,$(EXTENDED),--ignore=$(f))
+
+# The kubeconfig switch suite (refusal, check mode, present, rollback, absent byte for byte) and the molecule day2
+# scenario (a fourth master joins, then leaves), on a lab with site.yml applied (the suite applies it), then lab down.
+test-extended: lab-build
+	$(BIN)/pytest tests/lab/test_lab.py $(EXTENDED) tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=20
 
 # The collection on the previous Kubernetes minor (K8S_VERSION_PREVIOUS in tests/lab/versions.env): a new lab of
 # that release, its acceptance (the apiservers answer that version), the molecule default scenario (site.yml,

@@ -5,14 +5,14 @@ object, and the workers run kube-proxy as a systemd unit with /etc/kubernetes/ku
 kube-proxy is real, and kubelet's is tested with a stand-in `kubelet.service` on w2: a oneshot that records each
 start and, when armed, breaks the VIP for local clients (an iptables REJECT), which is how the rollback is driven.
 
-Runs after test_local_proxy.py and the day-2 suite (file order), on the install they leave: site.yml through the
-kubeadm layout is then a run on an installed cluster, minutes shorter than a first install. The tests run in file
-order on one module-scoped snapshot of every node's /etc/kubernetes: refusals first (nothing may change), check
-mode, present, a second run, a rollback, then absent, which must give every file back byte for byte. The fixture
-starts from the files as they were before any switch (site.yml applies the role too: its switch is undone first).
-Its teardown runs absent once more when a file still differs (a test stopped half-way), compares again, puts back
-by hand whatever differs (and fails), removes the stand-in, the REJECT rule and the backups the test made, and
-switches the files again when the lab was found switched, so the lab is left as it was.
+Runs in `make test-extended` (outside `make test` for time), on a new lab or one with site.yml applied: the
+fixture applies site.yml through the kubeadm layout either way (a first install, or a run that changes nothing).
+The tests run in file order on one module-scoped snapshot of every node's /etc/kubernetes: refusals first (nothing
+may change), check mode, present, a second run, a rollback, then absent, which must give every file back byte for
+byte. The fixture starts from the files as they were before any switch (site.yml applies the role too: its switch
+is undone first). Its teardown runs absent once more when a file still differs (a test stopped half-way), compares
+again, puts back by hand whatever differs (and fails), removes the stand-in, the REJECT rule and the backups the
+test made, and switches the files again when the lab was found switched, so the lab is left as it was.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import EndpointError, parse_port
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
     import_yaml,
@@ -156,9 +157,12 @@ def normalize_server(value: Any) -> str:
                 ) from exc
     if port_part:
         digits = port_part[1:] if port_part.startswith(":") else None
-        if not digits or not digits.isdigit() or not 1 <= int(digits) <= 65535:
-            raise ClusterEndpointError(f"server {text!r} has an invalid port {port_part.lstrip(':')!r} (1-65535)")
-        return f"https://{host}:{int(digits)}"
+        try:
+            return f"https://{host}:{parse_port(digits or '')}"
+        except EndpointError:
+            raise ClusterEndpointError(
+                f"server {text!r} has an invalid port {port_part.lstrip(':')!r} (1-65535)"
+            ) from None
     return f"https://{host}"
 
 

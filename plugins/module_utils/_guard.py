@@ -47,10 +47,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
     IPVSError,
     PyRoute2IPVS,
-    format_endpoint,
     ipvs_loaded,
     load_kernel_modules,
     plan,

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
+
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
 
@@ -67,11 +69,6 @@ def _canonical_address(address: str) -> str:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return address
-
-
-def format_endpoint(address: str, port: int) -> str:
-    """``10.0.0.1:6443`` or ``[fd00::1]:6443``."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _endpoint_sort_key(address: str, port: int) -> tuple[int, int, str, int]:

@@ -18,6 +18,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import (
+    EndpointError,
+    format_endpoint,
+    split_endpoint,
+)
+
 # A runtime alias: Union, because ansible-test's pylint rejects `X | Y` outside annotations.
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007
 
@@ -42,24 +48,11 @@ class Verdict:
 
 def parse_endpoint(value: str) -> tuple[Address, int]:
     """`10.0.0.1:6443` or `[fd00::1]:6443` -> (address, port); ValueError names the value."""
-    text = str(value).strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"backend {value!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"backend {value!r}: {host!r} is not an IP address") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"backend {value!r}: port {port!r} is not 1-65535")
-    return address, int(port)
-
-
-def format_endpoint(address: Address, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        host, port = split_endpoint(str(value))
+    except EndpointError as exc:
+        raise ValueError(f"backend {exc}") from None
+    return ipaddress.ip_address(host), port
 
 
 def _parse_vip(value: str | None, version: int, errors: list[str]) -> Address | None:

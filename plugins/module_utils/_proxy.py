@@ -32,7 +32,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import RealServer, Service, format_endpoint
+from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import (
+    EndpointError,
+    format_endpoint,
+    split_endpoint,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import RealServer, Service
 
 UP = "up"
 DOWN = "down"
@@ -95,18 +100,10 @@ def sort_backends(backends: Iterable[Backend]) -> list[Backend]:
 
 def parse_endpoint(text: str) -> Backend:
     """``10.0.0.11:6443`` or ``[fd00::11]:6443`` as a ``Backend``; ``ProxyError`` naming the text otherwise."""
-    if not isinstance(text, str):
-        raise ProxyError(f"{text!r} is not ADDRESS:PORT")
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ProxyError(f"{text!r} is not ADDRESS:PORT (an IPv6 address as [ADDRESS]:PORT)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host:
-            raise ProxyError(f"{text!r}: only IPv6 addresses are written in brackets")
-    elif ":" in host:
-        raise ProxyError(f"{text!r}: write an IPv6 address in brackets, as [ADDRESS]:PORT")
-    return Backend(host, int(port))
+    try:
+        return Backend(*split_endpoint(text))
+    except EndpointError as exc:
+        raise ProxyError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -157,13 +157,13 @@ def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event
         labmod.ssh_argv(node, f"python3 -c {shlex.quote(script)} {argv}"), stdout=subprocess.PIPE, text=True
     )
     time.sleep(max(0.0, planned - time.time()))
-    event_at = strike(event, offset)
+    event_at, event_end = strike(event, offset)
     run = json.loads(load.communicate(timeout=DURATION_S + 60)[0])
-    return summarize(run, event_at) | {"victim": victim.name}
+    return summarize(run, event_at, event_end) | {"victim": victim.name}
 
 
-def summarize(run: dict, event_at: float) -> dict:
-    steady = summarize_requests(run["steady"], event_at)
+def summarize(run: dict, event_at: float, event_end: float | None = None) -> dict:
+    steady = summarize_requests(run["steady"], event_at, event_end)
     late_failures = [t for t, ok, _e, _took in run["steady"] if not ok and t - event_at >= 2.0]
     pinned = [r for r in run["long_lived"] if r["pinned"]]
     answered = [r["answered_again_at"] - event_at for r in pinned if r["answered_again_at"] is not None]
@@ -176,6 +176,7 @@ def summarize(run: dict, event_at: float) -> dict:
         "requests": steady["requests"],
         "failed": steady["failed"],
         "failed_in_flight": steady["failed_in_flight"],
+        "event_lasted_s": steady["event_lasted_s"],
         "last_failure_s": steady["last_failure_s"],
         "failed_after_2s": len(late_failures),
         "slowest_after_2s_s": steady["slowest_after_settle_s"],

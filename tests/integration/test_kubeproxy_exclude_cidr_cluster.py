@@ -79,9 +79,13 @@ def test_check_mode_diff_then_apply_then_unchanged(clean_exclude, control_node):
 
 
 def test_with_exclude_the_vip_survives_kube_proxy(clean_exclude, control_node, ipvs_node, backends):
-    run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN})
-    create_vip_services(ipvs_node, backends)
+    result = run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN})
+    assert not result.get("failed"), result
+    # kube-proxy reads the exclude at start: the one running still has the fixture's config (no exclude), and
+    # its next sync of either family would delete that family's service before the claim is even tested.
     restart_kube_proxy(ipvs_node)
+    create_vip_services(ipvs_node, backends)
+    restart_kube_proxy(ipvs_node)  # a fresh start syncs both families from scratch
     assert len(vip_services(ipvs_node)) == 2
 
 

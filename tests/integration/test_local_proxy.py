@@ -124,10 +124,12 @@ def test_a_master_killed_under_load(installed, nodes, masters, kind):
     print(f"\n{kind} on {node.name}, SIGKILL of {victim.name}'s apiserver: {json.dumps(result)}")
     labmod.wait_for(f"apiserver on {victim.name} back", lambda: labmod.readyz(victim.addr4), 120)
     assert result["requests"] >= 60
-    # The request in flight on the victim when it died (if any) fails through any proxy.
-    assert result["failed_in_flight"] <= 1, result
+    # A request in flight on the victim while it died fails through any proxy: the one running at the signal,
+    # and one the dying process's socket took (its window, about 80 ms, is under the load's 100 ms interval).
+    assert result["event_lasted_s"] < 0.5 and result["failed_in_flight"] <= 2, result
     if kind == "haproxy":
-        assert result["failed"] == 0, result  # haproxy retries another server: no request sent after it fails
+        # haproxy retries another server on a refused connect: no request sent after the victim died fails.
+        assert result["failed"] == 0, result
     else:
         assert result["last_failure_s"] is None or result["last_failure_s"] <= 1.5, result
 

@@ -99,15 +99,23 @@ def molecule(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO, text=True, timeout=3600, env=ansible_env(), check=False)
 
 
-def kill_apiserver(victim: labmod.Node) -> float:
+def kill_apiserver(victim: labmod.Node) -> tuple[float, float]:
     """SIGKILL the apiserver process (systemd restarts it after RestartSec, as a crashed master would).
 
-    Returns the instant just before the signal, by the victim's clock: the lab's masters are containers on the
-    host's kernel, so it is the host's `time.time()`. (Timing the SSH call instead would put the kill a few
-    hundred milliseconds after the instant taken, and a request sent in between would pass for a later one.)
+    Returns when it died, by the victim's clock (the lab's masters are containers on the host's kernel, so the
+    host's `time.time()`): the instant just before the signal, and the first instant its port had no listener.
+    In between (about 80 ms on the lab) the kernel still completes handshakes for the dying process (exit frees
+    its memory before it closes its sockets): a connection made then reaches a process that will never answer,
+    as a request in flight does. (Timing the SSH call instead would put the kill a few hundred milliseconds
+    after the instant taken, and a request sent in between would pass for a later one.)
     """
-    script = 'pid=$(systemctl show -p MainPID --value kube-apiserver); date +%s.%N; kill -KILL "$pid"'
-    return float(labmod.ssh(victim, script).stdout.split()[0])
+    script = (
+        'pid=$(systemctl show -p MainPID --value kube-apiserver); date +%s.%N; kill -KILL "$pid"; n=0; '
+        # Bounded: 2000 polls of about 10 ms, far past the dying window and systemd's RestartSec.
+        'while ss -Hltn "sport = :6443" | grep -q .; do n=$((n+1)); [ $n -lt 2000 ] || exit 3; done; date +%s.%N'
+    )
+    signalled, gone = (float(x) for x in labmod.ssh(victim, script).stdout.split())
+    return signalled, gone
 
 
 def clock_offset(node: labmod.Node) -> float:
@@ -119,12 +127,16 @@ def clock_offset(node: labmod.Node) -> float:
     return float(labmod.ssh(node, "date +%s.%N").stdout) - time.time()
 
 
-def strike(event: Callable[[], object], offset: float) -> float:
-    """Run `event`; its instant on the node's clock (`offset` from `clock_offset`): the one `event` returns when
-    it returns a float (host clock, as `kill_apiserver` does), else the moment it was started."""
+def strike(event: Callable[[], object], offset: float) -> tuple[float, float]:
+    """Run `event`; when it struck, as (start, end) on the node's clock (`offset` from `clock_offset`): the
+    pair `event` returns (host clock, as `kill_apiserver` does), or the one instant it returns, else the moment
+    it was started."""
     started = time.time()
     instant = event()
-    return (instant if isinstance(instant, float) else started) + offset
+    if isinstance(instant, tuple):
+        return instant[0] + offset, instant[1] + offset
+    at = (instant if isinstance(instant, float) else started) + offset
+    return at, at
 
 
 def drill(node: labmod.Node, event: Callable[[], object], seconds: float = 12, interval: float = 0.1) -> dict:
@@ -138,9 +150,9 @@ def drill(node: labmod.Node, event: Callable[[], object], seconds: float = 12, i
     cmd = f"python3 -c {shlex.quote(script)} {VIP4} {PORT} /etc/kubernetes/pki/ca.crt {seconds} {interval}"
     load = subprocess.Popen(labmod.ssh_argv(node, cmd), stdout=subprocess.PIPE, text=True)
     time.sleep(3)
-    event_at = strike(event, offset)
+    event_at, event_end = strike(event, offset)
     run = json.loads(load.communicate(timeout=seconds + 60)[0])
-    return summarize(run["results"], event_at)
+    return summarize(run["results"], event_at, event_end)
 
 
 def under_load(nodes: list[labmod.Node], action: Callable[[], subprocess.CompletedProcess]):
@@ -169,21 +181,24 @@ def under_load(nodes: list[labmod.Node], action: Callable[[], subprocess.Complet
     return box["run"], totals
 
 
-def summarize(results: list, event_at: float, settle_s: float = 2.0) -> dict:
+def summarize(results: list, event_at: float, event_end: float | None = None, settle_s: float = 2.0) -> dict:
     """Failed requests, and the slowest request started `settle_s` or more after the event.
 
-    A request sent before the event and still running when it struck (the load is sequential: at most one is)
-    counts apart, as `failed_in_flight`: a request whose bytes already went to a killed apiserver fails through
-    any proxy, only new ones can be sent elsewhere. Every other failure, even one before the event, is `failed`.
+    A request that overlapped the event (from `event_at` to `event_end`: a killed process's dying window) counts
+    apart, as `failed_in_flight`: a request whose bytes already went to a killed apiserver, or whose connection
+    the dying process's socket took, fails through any proxy; only new ones can be sent elsewhere. Every other
+    failure, even one before the event, is `failed`. Times are seconds after `event_at`.
     """
+    end = event_at if event_end is None else event_end
 
     def in_flight(t: float, took: float) -> bool:
-        return t < event_at <= t + took
+        return t < end and event_at <= t + took
 
     failures = [round(t - event_at, 3) for t, ok, _e, took in results if not ok and not in_flight(t, took)]
     settled = [took for t, ok, _error, took in results if t - event_at >= settle_s]
     return {
         "requests": len(results),
+        "event_lasted_s": round(end - event_at, 3),
         "failed": len(failures),
         "failed_in_flight": sum(1 for t, ok, _e, took in results if not ok and in_flight(t, took)),
         "first_failure_s": min(failures, default=None),
@@ -212,7 +227,8 @@ def demo() -> int:
             f"{outcome['failed']} failed, from {outcome['first_failure_s']} s to {outcome['last_failure_s']} s "
             f"after the kill ({'; '.join(outcome['errors'])})")  # fmt: skip
         if outcome["failed_in_flight"]:
-            gap += "; 1 request in flight on the master when it died failed (no proxy can resend its bytes)"
+            gap += (f"; {outcome['failed_in_flight']} request(s) in flight on the master while it died"
+                    f" ({outcome['event_lasted_s']} s) failed (no proxy can resend their bytes)")  # fmt: skip
         print(f"   {outcome['requests']} requests: {gap}", flush=True)
         labmod.wait_for(f"{victim.name}'s apiserver back", lambda: labmod.readyz(victim.addr4), 120)
         print(f"   {victim.name}'s apiserver is back (systemd restarted it)", flush=True)

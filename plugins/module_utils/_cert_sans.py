@@ -20,11 +20,11 @@ the plain dictionaries those return:
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ansible_collections.kubeha.apiserver.plugins.module_utils._san import SanError, parse_san, san_key
 
 OID_KEY_USAGE = "2.5.29.15"
 OID_EXTENDED_KEY_USAGE = "2.5.29.37"
@@ -43,29 +43,9 @@ CARRIED_EXTENSIONS = {
 }
 DIGESTS = ("sha512", "sha384", "sha256")
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_PREFIX = re.compile(r"^(?P<kind>[A-Za-z]+):(?P<value>.*)$", re.DOTALL)
-
 
 class CertPlanError(Exception):
     """A wanted name or a certificate that the plan cannot work with; the message names it and the cause."""
-
-
-def _dns_problem(name: str) -> str | None:
-    """Why `name` is not a DNS name a certificate may carry (RFC 1123 labels, a leading wildcard), or None."""
-    if not name:
-        return "empty"
-    if len(name) > 253:
-        return "longer than 253 characters"
-    labels = name.split(".")
-    for index, label in enumerate(labels):
-        if label == "*" and index == 0 and len(labels) > 2:
-            continue
-        if not _DNS_LABEL.fullmatch(label):
-            return f"label {label!r} is not 1-63 letters, digits or inner hyphens"
-    if labels[-1].isdigit():
-        return "all-numeric last label: not a DNS name, and not a valid IP address either"
-    return None
 
 
 def normalize_san(value: str) -> str:
@@ -73,32 +53,10 @@ def normalize_san(value: str) -> str:
 
     Accepts ``IP:...``, ``DNS:...`` or a bare address or name (an address when it parses as one).
     """
-    if not isinstance(value, str):
-        raise CertPlanError(f"SAN {value!r}: not a string")
-    text = value.strip()
-    match = _PREFIX.match(text)
-    kind = match.group("kind").upper() if match else ""
-    if match and kind not in ("IP", "DNS"):
-        raise CertPlanError(f"SAN {value!r}: only IP: and DNS: names can be added, not {match.group('kind')}:")
-    body = match.group("value").strip() if match else text
-    if kind == "IP" or (not kind and _parses_as_ip(body)):
-        try:
-            return f"IP:{ipaddress.ip_address(body).compressed}"
-        except ValueError:
-            raise CertPlanError(f"SAN {value!r}: {body!r} is not a valid IPv4 or IPv6 address") from None
-    name = body.lower()
-    problem = _dns_problem(name)
-    if problem:
-        raise CertPlanError(f"SAN {value!r}: not a valid DNS name ({problem})")
-    return f"DNS:{name}"
-
-
-def _parses_as_ip(text: str) -> bool:
     try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+        return parse_san(value).prefixed
+    except SanError as exc:
+        raise CertPlanError(f"SAN {value!r}: {exc}") from None
 
 
 def normalize_sans(values: Iterable[str]) -> list[str]:
@@ -116,22 +74,6 @@ def normalize_sans(values: Iterable[str]) -> list[str]:
     if errors:
         raise CertPlanError("; ".join(errors))
     return result
-
-
-def san_key(name: str) -> str:
-    """A SAN as compared: DNS names case-insensitively, addresses by value, anything else verbatim."""
-    match = _PREFIX.match(name)
-    if not match:
-        return name
-    kind, body = match.group("kind").upper(), match.group("value")
-    if kind == "DNS":
-        return f"DNS:{body.lower()}"
-    if kind == "IP":
-        try:
-            return f"IP:{ipaddress.ip_address(body).compressed}"
-        except ValueError:
-            return f"IP:{body.lower()}"  # a network (IP:a.b.c.d/n) or a malformed entry: compared as text
-    return name
 
 
 def missing_sans(existing: Sequence[str] | None, wanted: Sequence[str]) -> list[str]:

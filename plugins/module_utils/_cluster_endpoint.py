@@ -46,6 +46,12 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     rollout_restart,
     update_with_retry,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._san import (
+    SanError,
+    dns_name_problem,
+    parse_san,
+    san_key,
+)
 
 ANNOTATION = "kubeha.apiserver/original-server"
 STATES = ("present", "absent")
@@ -56,8 +62,6 @@ BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"
 JWS_PREFIX = "jws-kubeconfig-"
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _ITEM_PREFIX = re.compile(r"[ \t]*-[ \t]+")
 _TOKEN_SECRET_NAME = re.compile(r"bootstrap-token-([a-z0-9]{6})")
 
@@ -108,10 +112,6 @@ TARGET_SPECS = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _dns_name(text: str) -> bool:
-    return len(text) <= 253 and _DNS_NAME.fullmatch(text) is not None
-
-
 def normalize_server(value: Any) -> str:
     """``https://<host>[:<port>]`` with the host in canonical form; ``ClusterEndpointError`` naming the problem."""
     example = "such as https://169.254.100.1:6444 or https://[fd6b:6861::1]:6444"
@@ -151,7 +151,7 @@ def normalize_server(value: Any) -> str:
         try:
             host = str(ipaddress.IPv4Address(host))
         except ValueError as exc:
-            if re.fullmatch(r"[0-9.]+", host) or not _dns_name(host):
+            if dns_name_problem(host, wildcard=False):
                 raise ClusterEndpointError(
                     f"server {text!r}: {name!r} is neither an IPv4 address nor a valid DNS name"
                 ) from exc
@@ -179,24 +179,12 @@ def normalize_san(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ClusterEndpointError(f"cert_sans: {value!r} is not an IP address or a DNS name")
     text = value.strip()
-    if text.startswith("[") or text.endswith("]"):
-        raise ClusterEndpointError(f"cert_sans: {text!r}: write IPv6 addresses without brackets")
-    if "/" in text:
-        raise ClusterEndpointError(f"cert_sans: {text!r} is a network: a SAN is one IP address or DNS name")
-    if "%" in text:
-        raise ClusterEndpointError(f"cert_sans: {text!r} carries an IPv6 zone index, which a certificate cannot hold")
     try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    name = text.lower()
-    bare = name[2:] if name.startswith("*.") else name
-    if ":" in name or re.fullmatch(r"[0-9.]+", bare) or not _dns_name(bare):
-        raise ClusterEndpointError(
-            f"cert_sans: {text!r} is neither a valid IP address nor a DNS name (RFC 1123: letters, digits, '-' "
-            "and '.', optionally starting with '*.')"
-        )
-    return name
+        return parse_san(text, prefixes=False).value
+    except SanError as exc:
+        reason = str(exc)
+        # "'10.0.0.0/8' is a network": the reason's subject is the value named before it.
+        raise ClusterEndpointError(f"cert_sans: {text!r} {reason.removeprefix('it ')}") from None
 
 
 def normalize_sans(values: Any) -> list[str]:
@@ -208,7 +196,7 @@ def normalize_sans(values: Any) -> list[str]:
     result: list[str] = []
     for value in values:
         san = normalize_san(value)
-        if _san_key(san) not in {_san_key(s) for s in result}:
+        if san_key(san) not in {san_key(s) for s in result}:
             result.append(san)
     return result
 
@@ -226,15 +214,6 @@ def normalize_targets(values: Any) -> list[str]:
     if not wanted:
         raise ClusterEndpointError(f"targets is empty: name at least one of {', '.join(TARGETS)}")
     return [t for t in TARGETS if t in wanted]
-
-
-def _san_key(value: Any) -> Any:
-    """SANs naming the same thing compare equal: addresses as addresses, names without regard to case."""
-    text = str(value).strip()
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return text.lower()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,13 +527,13 @@ def current_sans(config: Mapping[str, Any]) -> list[Any]:
 
 def plan_sans(existing: list[Any], sans: list[str], state: str) -> tuple[list[Any], list[str], list[Any]]:
     """``(new list, added, removed)``: existing entries keep their spelling and order (pure)."""
-    have = {_san_key(entry) for entry in existing}
+    have = {san_key(entry) for entry in existing}
     if state == "present":
-        added = [san for san in sans if _san_key(san) not in have]
+        added = [san for san in sans if san_key(san) not in have]
         return existing + added, added, []
-    unwanted = {_san_key(san) for san in sans}
-    removed = [entry for entry in existing if _san_key(entry) in unwanted]
-    return [entry for entry in existing if _san_key(entry) not in unwanted], [], removed
+    unwanted = {san_key(san) for san in sans}
+    removed = [entry for entry in existing if san_key(entry) in unwanted]
+    return [entry for entry in existing if san_key(entry) not in unwanted], [], removed
 
 
 def _scalar(value: str) -> str:
@@ -610,13 +589,13 @@ def _edit_sans(text: str, new_sans: list[Any], what: str) -> str:
                     f"(line {item.start_mark.line + 1})"
                 )
             items.append((item, lines.line_of(item.start_mark.index)))
-        old_keys = {_san_key(item.value) for item, _line in items}
-        new_keys = {_san_key(v) for v in new_sans}
+        old_keys = {san_key(item.value) for item, _line in items}
+        new_keys = {san_key(v) for v in new_sans}
         edits: dict[int, list[str]] = {}
         for item, line in items:
-            if _san_key(item.value) not in new_keys:
+            if san_key(item.value) not in new_keys:
                 edits[line] = []
-        added = [v for v in new_sans if _san_key(v) not in old_keys]
+        added = [v for v in new_sans if san_key(v) not in old_keys]
         if added:
             last_item, last = items[-1]
             prefix = lines.before(last_item.start_mark.index)
@@ -1078,7 +1057,7 @@ def _warnings(plans: Mapping[str, ServerPlan | SansPlan], server: str | None, st
         warnings.append(kubeadm.message)
     elif isinstance(kubeadm, SansPlan) and state == "present" and server is not None:
         host = server_host(server)
-        if _san_key(host) not in {_san_key(v) for v in kubeadm.after}:
+        if san_key(host) not in {san_key(v) for v in kubeadm.after}:
             warnings.append(
                 f"{host} is not in apiServer.certSANs of ConfigMap {kubeadm.target.object}: clients reaching the "
                 f"apiservers through {server} verify that name, so add it to cert_sans and reissue the apiserver "

@@ -51,10 +51,10 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
     IPVSError,
     PyRoute2IPVS,
-    ipvs_loaded,
     load_kernel_modules,
     plan,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kernel import ipvs_loaded
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     Credentials,
     KubeAPIError,

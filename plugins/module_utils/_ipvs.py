@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import importlib.util
 import ipaddress
-import os
 import socket
 import struct
 import sys
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kernel import ipvs_loaded, kernel_module
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
@@ -463,22 +463,6 @@ def service_from_attrs(svc_attrs: Any) -> Service | None:
     )
 
 
-def ipvs_loaded(proc_root: str = "/proc") -> bool:
-    """``/proc/net/ip_vs`` exists once the ip_vs module is loaded (per network namespace)."""
-    return os.path.exists(os.path.join(proc_root, "net", "ip_vs"))
-
-
-def _module_present(name: str, sys_root: str, modules_root: str) -> bool:
-    if os.path.isdir(os.path.join(sys_root, "module", name)):
-        return True
-    builtin = os.path.join(modules_root, os.uname().release, "modules.builtin")
-    try:
-        with open(builtin, encoding="utf-8") as handle:
-            return any(line.strip().endswith(f"/{name}.ko") for line in handle)
-    except OSError:
-        return False
-
-
 def load_kernel_modules(
     scheduler: str,
     run_command: Callable[[list[str]], tuple[int, str, str]],
@@ -499,7 +483,7 @@ def load_kernel_modules(
             raise IPVSError(f"IPVS is not available in this kernel: modprobe ip_vs failed: {reason}")
         loaded.append("ip_vs")
     sched_module = f"ip_vs_{scheduler}"
-    if not _module_present(sched_module, sys_root, modules_root):
+    if kernel_module(sched_module, proc_root, sys_root, modules_root)[0] not in ("loaded", "built in"):
         rc, _out, err = run_command([modprobe, sched_module])
         if rc != 0:
             reason = (err or "").strip() or f"exit code {rc}"

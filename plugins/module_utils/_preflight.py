@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import 
     format_endpoint,
     split_endpoint,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kernel import kernel_module
 
 # A runtime alias: Union, because ansible-test's pylint rejects `X | Y` outside annotations.
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007
@@ -212,19 +212,14 @@ def parse_ip_addr_json(text: str) -> dict[str, list[str]]:
     return out
 
 
-def ipvs_capability(proc: str = "/proc", lib_modules: str = "/lib/modules") -> tuple[bool, str]:
-    if os.path.exists(os.path.join(proc, "net", "ip_vs")):
+def ipvs_capability(proc: str = "/proc", lib_modules: str = "/lib/modules", sys_root: str = "/sys") -> tuple[bool, str]:
+    """Whether IPVS can run here (ip_vs loaded, built in or loadable), and the evidence."""
+    state, evidence = kernel_module("ip_vs", proc, sys_root, lib_modules)
+    if state == "loaded":
         return True, "loaded"
-    release = os.uname().release
-    for name in ("modules.dep", "modules.builtin"):
-        path = os.path.join(lib_modules, release, name)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                if any("/ip_vs.ko" in line for line in fh):
-                    return True, f"ip_vs listed in {path}"
-        except OSError:
-            continue
-    return False, f"no /proc/net/ip_vs and no ip_vs module for kernel {release}"
+    if state == "absent":
+        return False, f"no /proc/net/ip_vs and {evidence}"
+    return True, f"ip_vs {state} ({evidence})"
 
 
 def read_node_facts(ip_command: str = "ip") -> NodeFacts:

@@ -89,7 +89,7 @@ def test_names_are_normalised_as_community_crypto_writes_them(value: str, expect
     [
         ("IP:300.1.1.1", "'300.1.1.1' is not a valid IPv4 or IPv6 address"),
         ("300.1.1.1", "all-numeric last label"),
-        ("IP:10.0.0.0/8", "not a valid IPv4 or IPv6 address"),
+        ("IP:10.0.0.0/8", "it is a network: a SAN is one IP address or DNS name"),
         ("bad_name!", "label 'bad_name!' is not 1-63 letters"),
         ("-lead.example", "label '-lead' is not"),
         ("a..b", "label '' is not"),

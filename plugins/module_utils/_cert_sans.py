@@ -56,7 +56,9 @@ def normalize_san(value: str) -> str:
     try:
         return parse_san(value).prefixed
     except SanError as exc:
-        raise CertPlanError(f"SAN {value!r}: {exc}") from None
+        # The role's wording since 0.1.0 (users and the lab test read it): a bad name is "not a valid DNS name".
+        reason = f"not a valid DNS name ({exc.dns_problem})" if exc.dns_problem else str(exc)
+        raise CertPlanError(f"SAN {value!r}: {reason}") from None
 
 
 def normalize_sans(values: Iterable[str]) -> list[str]:

@@ -21,7 +21,12 @@ _PREFIX = re.compile(r"^(?P<kind>[A-Za-z]+):(?P<value>.*)$", re.DOTALL)
 
 
 class SanError(ValueError):
-    """Why a value is not a SAN, as a clause ("it is a network: ..."); the callers name the value before it."""
+    """Why a value is not a SAN, as a clause ("it is a network: ..."); the callers name the value before it.
+    ``dns_problem``: for a value read as a DNS name, what is wrong with it (a caller may word its own message)."""
+
+    def __init__(self, message: str, dns_problem: str | None = None) -> None:
+        super().__init__(message)
+        self.dns_problem = dns_problem
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def parse_san(value: object, prefixes: bool = True) -> San:
     if problem:
         what = "not a valid DNS name" if kind == "DNS" else "neither a valid IP address nor a DNS name"
         what = f"it is {what}"
-        raise SanError(f"{what} ({problem})")
+        raise SanError(f"{what} ({problem})", dns_problem=problem)
     return San("DNS", body.lower())
 
 

@@ -112,3 +112,18 @@ def test_names_that_mean_the_same_compare_equal():
     # Negative controls: a different address, a network and another kind of name stay apart.
     assert san_key("fd6b:6861::2") != san_key("fd6b:6861::1")
     assert san_key("IP:10.0.0.0/8") == "IP:10.0.0.0/8" and san_key("email:a@b.example") == "email:a@b.example"
+
+
+def test_each_caller_keeps_its_wording_of_a_bad_name():
+    # One rule, two messages users already read: the certificate role's and cluster_endpoint's.
+    with pytest.raises(cert.CertPlanError) as by_cert:
+        cert.normalize_san("bad_name!")
+    assert str(by_cert.value) == (
+        "SAN 'bad_name!': not a valid DNS name (label 'bad_name!' is not 1-63 letters, digits or inner hyphens)"
+    )
+    with pytest.raises(ce.ClusterEndpointError) as by_cluster_endpoint:
+        ce.normalize_san("bad_name!")
+    assert str(by_cluster_endpoint.value) == (
+        "cert_sans: 'bad_name!' is neither a valid IP address nor a DNS name "
+        "(label 'bad_name!' is not 1-63 letters, digits or inner hyphens)"
+    )

@@ -182,9 +182,8 @@ def normalize_san(value: Any) -> str:
     try:
         return parse_san(text, prefixes=False).value
     except SanError as exc:
-        reason = str(exc)
         # "'10.0.0.0/8' is a network": the reason's subject is the value named before it.
-        raise ClusterEndpointError(f"cert_sans: {text!r} {reason.removeprefix('it ')}") from None
+        raise ClusterEndpointError(f"cert_sans: {text!r} {str(exc).removeprefix('it ')}") from None
 
 
 def normalize_sans(values: Any) -> list[str]:

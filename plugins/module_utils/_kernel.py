@@ -35,7 +35,7 @@ def kernel_module(
     name: str, proc_root: str = "/proc", sys_root: str = "/sys", modules_root: str = "/lib/modules"
 ) -> tuple[str, str]:
     """Where kernel module `name` stands here: ``loaded``, ``built in``, ``loadable`` or ``absent``, with the
-    evidence (a path). The collection's one answer to "has this node IPVS": preflight, the module, the guard."""
+    evidence (a path, or for ``absent`` what was missing)."""
     if name == "ip_vs" and ipvs_loaded(proc_root):
         return "loaded", os.path.join(proc_root, "net", "ip_vs")
     if os.path.isdir(os.path.join(sys_root, "module", name)):

@@ -114,8 +114,8 @@ def kill_apiserver(victim: labmod.Node) -> tuple[float, float]:
         # Bounded: 2000 polls of about 10 ms, far past the dying window and systemd's RestartSec.
         'while ss -Hltn "sport = :6443" | grep -q .; do n=$((n+1)); [ $n -lt 2000 ] || exit 3; done; date +%s.%N'
     )
-    signalled, gone = (float(x) for x in labmod.ssh(victim, script).stdout.split())
-    return signalled, gone
+    signalled, gone = labmod.ssh(victim, script).stdout.split()
+    return float(signalled), float(gone)
 
 
 def clock_offset(node: labmod.Node) -> float:

@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 # Where ansible-test and ansible-playbook see this checkout as kubeha.apiserver.
 COLL := .build/collections/ansible_collections/kubeha/apiserver
 
-.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test test-extended test-k8s-previous test-compat demo bench clean collection docs
+.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test-kubeadm-lab test test-extended test-k8s-previous test-compat demo bench clean collection docs
 
 setup:
 	@bash scripts/setup.sh
@@ -67,7 +67,13 @@ lab-status: setup
 
 # The lab acceptance tests bring the lab up (or reuse a running one) and take it down at the end.
 lab-test: lab-build
-	$(BIN)/pytest tests/lab -q
+	$(BIN)/pytest tests/lab/test_lab.py tests/lab/test_zz_down.py -q
+
+# The kubeadm flavour's acceptance (tests/lab/kubeadm_flavour.py): kubeadm init and join, static pods, a kubelet and a
+# kube-proxy pod on every node Ready, no image pulled; then lab down. make test runs it after the binary flavour.
+KUBEADM_LAB_SUITE := tests/lab/test_kubeadm_lab.py tests/lab/test_zz_down.py
+test-kubeadm-lab: lab-build
+	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_LAB_SUITE) -q -p no:cacheprovider --durations=10
 
 # The lab's own acceptance first (on the lab as kubeadm leaves it), then the collection on it, then lab down.
 # Two lab suites run in `make test-extended` instead, for time (README, Molecule): make test would take about 85 min.
@@ -75,6 +81,7 @@ EXTENDED := tests/integration/test_local_proxy_kubeconfigs.py tests/integration/
 test: lint sanity lab-build
 	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40 \
 	  $(foreach f,$(EXTENDED),--ignore=$(f))
+	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_LAB_SUITE) -q -p no:cacheprovider --durations=10
 
 # The kubeconfig switch suite (refusal, check mode, present, rollback, absent byte for byte) and the molecule day2
 # scenario (a fourth master joins, then leaves), on a lab with site.yml applied (the suite applies it), then lab down.

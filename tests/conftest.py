@@ -21,7 +21,9 @@ import lab as labmod
 def lab():
     if os.geteuid() != 0:
         pytest.fail("the lab suite needs root (network namespaces, mounts, nspawn, qemu)")
-    if not labmod.load_state() or labmod.cmd_status() != 0:
+    # A lab of the other flavour (KUBEHA_LAB_FLAVOUR) is replaced: `lab.py up` takes it down first.
+    running = labmod.load_state()
+    if not running or labmod.state_flavour() != labmod.flavour() or labmod.cmd_status() != 0:
         if os.environ.get("KUBEHA_LAB_REUSE_ONLY"):
             # A second session sharing the lab must never bring up (or replace) the one that runs.
             pytest.fail("KUBEHA_LAB_REUSE_ONLY is set and no healthy lab is running")

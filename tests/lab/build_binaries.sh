@@ -12,7 +12,7 @@ K8S_VERSION=${KUBEHA_K8S_VERSION:-$K8S_VERSION}
 
 cache=${KUBEHA_CACHE:-/var/cache/kubeha}
 out="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubeadm kubectl)
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubeadm kubectl kubelet)
 
 log() { printf '[build] %s\n' "$*" >&2; }
 
@@ -24,7 +24,10 @@ if [[ -n ${KUBEHA_K8S_BIN_DIR:-} ]]; then
   exit 0
 fi
 
-if [[ -f $out/.complete ]]; then
+# .complete marks a finished build; a binary added to the list since then is built on its own below.
+missing=0
+for b in "${k8s_bins[@]}" etcd; do [[ -x $out/$b ]] || missing=1; done
+if [[ -f $out/.complete ]] && ((missing == 0)); then
   echo "$out"
   exit 0
 fi

@@ -29,13 +29,15 @@ log() { printf '[images %s] %s\n' "$suite" "$*" >&2; }
 # What every node has before the collection touches it (a minimal Debian server plus what the lab's own
 # services use). Everything the roles install comes from mirror/ instead.
 node_pkgs=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,kmod,iptables,ipset,ca-certificates,procps,less
+# The container runtime a kubeadm node has before kubeadm runs (the kubeadm flavour starts it; the binary one never).
+node_pkgs+=,containerd,runc,containernetworking-plugins
 # What the roles install on nodes, served by the lab's mirror as a site mirror would.
 mirror_pkgs=(haproxy ipvsadm conntrack python3-venv python3-pip nftables nginx-light libnginx-mod-stream socat curl)
 # trixie has no nginx-light of its own (a transitional name): the bench's nginx comes from `nginx` there.
 [[ $suite == bookworm ]] || mirror_pkgs=("${mirror_pkgs[@]/nginx-light/nginx}")
 
 # Bump IMAGE_REV when this script's output changes in a way the package lists do not show.
-IMAGE_REV=3
+IMAGE_REV=4
 key=$( { echo "$IMAGE_REV $suite"; echo "$node_pkgs ${mirror_pkgs[*]} "; } | sha256sum | cut -c1-12)
 out="$cache/images/$suite-$key"
 if [[ -f $out/.complete ]]; then
@@ -107,6 +109,8 @@ WantedBy=multi-user.target
 UNIT
 ln -sf /etc/systemd/system/kubeha-lab-seed.service \
   "$rootfs/etc/systemd/system/multi-user.target.wants/kubeha-lab-seed.service"
+# containerd is started by the kubeadm flavour's seed only.
+rm -f "$rootfs/etc/systemd/system/multi-user.target.wants/containerd.service"
 # Nothing on a lab node should wake up on its own and compete for the two cores.
 for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer dpkg-db-backup.timer; do
   ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"

@@ -31,6 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Run as a script, this module is also the `lab` that kubeadm_flavour imports (one state, one Node class).
+if __name__ == "__main__":
+    sys.modules.setdefault("lab", sys.modules[__name__])
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("KUBEHA_CACHE", "/var/cache/kubeha"))
@@ -52,6 +56,16 @@ SERVICE_CIDRS = "10.96.0.0/16,fd88:96::/112"
 POD_CIDRS = "10.244.0.0/16,fd88:244::/56"
 CLUSTER_NAME = "kubeha-lab"
 NODE_BIN = "/opt/kubeha-lab/bin"
+NODE_IMAGES = "/opt/kubeha-lab/images"
+FLAVOURS = ("binary", "kubeadm")
+
+
+def flavour() -> str:
+    """KUBEHA_LAB_FLAVOUR: binary (systemd-managed control plane, no kubelet) or kubeadm (kubeadm_flavour.py)."""
+    value = os.environ.get("KUBEHA_LAB_FLAVOUR", "binary")
+    if value not in FLAVOURS:
+        sys.exit(f"KUBEHA_LAB_FLAVOUR={value!r}: not a lab flavour (one of {', '.join(FLAVOURS)})")
+    return value
 
 
 def versions() -> dict[str, str]:
@@ -166,6 +180,11 @@ def save_state(state: dict) -> None:
     tmp = STATE.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(STATE)
+
+
+def state_flavour() -> str:
+    """The running lab's flavour (a lab brought up before flavours existed is binary)."""
+    return load_state().get("flavour", "binary")
 
 
 @contextlib.contextmanager
@@ -347,6 +366,8 @@ def make_pki(nodes: list[Node], bindir: Path, token: str) -> None:
     kubeadm = Kubeadm(bindir, masters, token)
     for phase in ("ca", "etcd-ca", "front-proxy-ca", "sa"):
         kubeadm(masters[0], SHARED_PKI, "init", "phase", "certs", phase)
+    if state_flavour() == "kubeadm":
+        return  # kubeadm init and join make the rest on the nodes
     for node in nodes:
         node_pki(node, kubeadm)
     for conf in ("admin.conf", "super-admin.conf"):
@@ -492,11 +513,17 @@ def make_seed(node: Node, nodes: list[Node], bindir: Path, joining: bool = False
     seed = seed_dir(node)
     root = seed / "rootfs"
     masters = [n for n in nodes if n.role == "control-plane"]
-    units = master_units(node, masters, joining) if node.role == "control-plane" else worker_units(node)
-    unit_dir = root / "etc/systemd/system"
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in units.items():
-        (unit_dir / name).write_text(text)
+    kubeadm_node = state_flavour() == "kubeadm"
+    if kubeadm_node:
+        import kubeadm_flavour
+
+        units: dict[str, str] | list[str] = kubeadm_flavour.write_seed(node, root, load_state()["pause_image"])
+    else:
+        units = master_units(node, masters, joining) if node.role == "control-plane" else worker_units(node)
+        unit_dir = root / "etc/systemd/system"
+        unit_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in units.items():
+            (unit_dir / name).write_text(text)
     libdir = root / "usr/local/lib/kubeha-lab"
     libdir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(HERE / "node" / "kube-proxy-config.py", libdir / "kube-proxy-config.py")
@@ -523,16 +550,28 @@ def make_seed(node: Node, nodes: list[Node], bindir: Path, joining: bool = False
         "HOSTS_LINES": "\n".join(hosts),
         "START_UNITS": " ".join(units),
     }
+    if kubeadm_node and node.kind == "nspawn":
+        import kubeadm_flavour
+
+        env |= {
+            "CGROUP_V1_WRITABLE": "1",
+            "CGROUP_CONTROLLERS": " ".join(kubeadm_flavour.CGROUP_CONTROLLERS),
+            "KUBELET_CGROUP_ROOT": kubeadm_flavour.cgroup_root(node),
+        }
     (seed / "node.env").write_text("".join(f"{k}='{v}'\n" for k, v in env.items()))
     shutil.copy2(HERE / "node" / "init", seed / "init")
     shutil.copy2(ssh_key().with_suffix(".pub"), seed / "authorized_keys")
     (seed / "bin").mkdir(exist_ok=True)
+    if kubeadm_node:
+        (seed / "images").mkdir(exist_ok=True)  # nspawn binds the archives here; the qemu seed carries them
     if node.kind == "qemu":
         # The guest sees the seed as a second disk; its binaries travel on it.
-        for tool in ("kube-proxy", "kubectl", "kubeadm"):
+        for tool in ("kube-proxy", "kubectl", "kubeadm") + (("kubelet",) if kubeadm_node else ()):
             shutil.copy2(bindir / tool, seed / "bin" / tool)
+        if kubeadm_node:
+            shutil.copy2(Path(load_state()["container_images"]) / "workers.tar", seed / "images" / "workers.tar")
         disk = WORK / "nodes" / node.name / "seed.img"
-        sh("mkfs.ext4", "-q", "-F", "-L", "kubeha-seed", "-d", str(seed), str(disk), "512M")
+        sh("mkfs.ext4", "-q", "-F", "-L", "kubeha-seed", "-d", str(seed), str(disk), "1G" if kubeadm_node else "512M")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -571,6 +610,12 @@ def start_nspawn(node: Node, images: Path, bindir: Path, state: dict) -> None:
         f"--bind-ro={bindir}:{NODE_BIN}",
     ]
     argv += [f"--bind-ro={seed_dir(node)}:/opt/kubeha-lab"]
+    if state.get("flavour") == "kubeadm":
+        # kubelet and runc: every capability (cgroups, mounts), the kernel log, containerd's state off overlayfs.
+        containerd = base / "containerd"
+        containerd.mkdir(exist_ok=True)
+        argv += ["--capability=all", "--bind=/dev/kmsg", f"--bind={containerd}:/var/lib/containerd"]
+        argv += [f"--bind-ro={state['container_images']}:{NODE_IMAGES}"]
     # The node owns its network namespace, so its /proc/sys/net may be writable (kube-proxy, the guard).
     state["pids"][node.name] = spawn(argv, base / "console.log", env={"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"})
     save_state(state)
@@ -792,15 +837,17 @@ def build(nodes: list[Node]) -> tuple[Path, dict[str, Path], Path]:
 
 def cmd_up() -> None:
     t0 = time.monotonic()
+    lab_flavour = flavour()
     with lab_lock():
         if STATE.exists() or any_lab_netns():
             log("a previous lab is here: cleaning it up first")
             teardown()
         nodes = topology()
         bindir, images, wheels = build(nodes)
-        log(f"binaries {bindir.name}, images {', '.join(p.name for p in images.values())}")
+        log(f"{lab_flavour} flavour: binaries {bindir.name}, images {', '.join(p.name for p in images.values())}")
         default_images = images[versions()["DEBIAN_SUITE"]]
         state = {
+            "flavour": lab_flavour,
             "bindir": str(bindir),
             "images": str(default_images),
             "images_by_suite": {suite: str(path) for suite, path in images.items()},
@@ -809,6 +856,15 @@ def cmd_up() -> None:
             "mounts": [],
             "netns": [HUB_NS] + [n.netns for n in nodes if n.kind != "qemu"],
         }
+        if lab_flavour == "kubeadm":
+            import container_images
+            import kubeadm_flavour
+
+            built = container_images.build(bindir, versions())
+            state["container_images"] = str(built)
+            state["pause_image"] = json.loads((built / "images.json").read_text())["pause"]
+            log(f"container images {built.name} (imported on every node, nothing pulled)")
+            kubeadm_flavour.set_host_sysctls(state)
         save_state(state)
         WORK.mkdir(parents=True, exist_ok=True)
         make_network(nodes)
@@ -816,6 +872,11 @@ def cmd_up() -> None:
         token = f"{secrets.token_hex(3)}.{secrets.token_hex(8)}"
         log("PKI and kubeconfigs (kubeadm init phase certs / kubeconfig)")
         make_pki(nodes, bindir, token)
+        if lab_flavour == "kubeadm":
+            kubeadm_flavour.write_kubeadm_configs(nodes, token)
+            # The token's ID, not its secret: what a joining node's CSR names.
+            state["bootstrap_token_id"] = token.split(".", maxsplit=1)[0]
+            save_state(state)
         for node in nodes:
             make_seed(node, nodes, bindir)
         log("booting " + ", ".join(f"{n.name} ({n.kind})" for n in nodes))
@@ -828,6 +889,20 @@ def cmd_up() -> None:
         with ThreadPoolExecutor(len(nodes)) as pool:
             list(pool.map(lambda n: wait_for(f"SSH on {n.name}", lambda: ssh(n, "true", timeout=15), 240), nodes))
         log(f"SSH answers on every node ({time.monotonic() - t0:.0f} s)")
+        if lab_flavour == "kubeadm":
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                list(pool.map(kubeadm_flavour.import_images, nodes))
+            log(f"images imported on every node ({time.monotonic() - t0:.0f} s)")
+            kubeadm_flavour.bring_up(nodes, token)
+            PRISTINE_KUBE_PROXY.write_text(kubectl("get", "-n", "kube-system", "cm", "kube-proxy", "-o", "json").stdout)
+            PRISTINE_CLUSTER_INFO.write_text(
+                kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout
+            )
+            inventory = write_inventory(nodes)
+            state["ready_after_s"] = round(time.monotonic() - t0, 1)
+            save_state(state)
+            log(f"kubeadm lab is up in {time.monotonic() - t0:.0f} s, every node Ready; inventory: {inventory}")
+            return
         for m in masters:
             wait_for(f"kube-apiserver on {m.name}", lambda m=m: readyz(m.addr4), 240)
         log(f"every apiserver is ready ({time.monotonic() - t0:.0f} s)")
@@ -986,6 +1061,11 @@ def teardown() -> None:
         sh("umount", target, check=False)
     for ns in lab_netns_names():
         sh("ip", "netns", "delete", ns, check=False)
+    if state.get("flavour") == "kubeadm":
+        import kubeadm_flavour
+
+        kubeadm_flavour.remove_cgroups()
+        kubeadm_flavour.restore_host_sysctls(state)
     shutil.rmtree(WORK, ignore_errors=True)
     shutil.rmtree(RUN, ignore_errors=True)
 
@@ -1012,9 +1092,11 @@ def cmd_status() -> int:
         extra = ""
         if node.role == "control-plane" and alive:
             extra = " apiserver /readyz: " + ("ok" if readyz(node.addr4) else "FAILED")
-        elif alive:
+        elif alive and state.get("flavour") != "kubeadm":
             proxy = ssh(node, "systemctl is-active kube-proxy", check=False, timeout=20).stdout.strip()
             extra = f" kube-proxy: {proxy}"
+        if alive and state.get("flavour") == "kubeadm":
+            extra += " kubelet: " + ssh(node, "systemctl is-active kubelet", check=False, timeout=20).stdout.strip()
         ok &= alive and sysstate in ("running", "degraded")
         print(f"  {node.name:4} {node.kind:6} {node.role:13} {node.addr4:12} pid {pid} systemd: {sysstate}{extra}")
     print(f"  inventory: {WORK / 'inventory.yml'}")

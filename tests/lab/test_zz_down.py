@@ -27,3 +27,14 @@ def test_lab_down_leaves_nothing(lab):
     cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
     assert not [c for c in cmdlines if b"qemu-system" in c and str(labmod.WORK).encode() in c]
     assert not [c for c in cmdlines if b"systemd-nspawn" in c and str(labmod.WORK).encode() in c]
+    if lab.get("flavour") == "kubeadm":
+        import kubeadm_flavour
+
+        # The host's kernel settings are as they were before the lab, and no node's cgroup is left behind.
+        for key, value in lab.get("host_sysctls", {}).items():
+            assert (Path("/proc/sys") / key).read_text().strip() == value, key
+        left = [
+            Path("/sys/fs/cgroup") / controller / parent.lstrip("/") / "kubeha-lab"
+            for controller, parent in kubeadm_flavour.lab_cgroups().items()
+        ]
+        assert [str(p) for p in left if p.exists()] == []

@@ -75,13 +75,11 @@ def test_every_node_but_the_first_joined_by_tls_bootstrap_with_the_kubeadm_token
     ]
     # kubeadm join: one approved CSR per joining kubelet, sent with the bootstrap token (cp1 was initialised).
     assert len(by_token) == len(nodes) - 1, [c["spec"]["username"] for c in csrs]
-    cp1 = nodes["cp1"]
     for w in (n for n in nodes.values() if n.role == "worker"):
         # kubeadm join leaves the rotated client certificate and deletes the bootstrap kubeconfig.
         res = labmod.ssh(w, "test -s /var/lib/kubelet/pki/kubelet-client-current.pem && "
-                            "test ! -e /etc/kubernetes/bootstrap-kubelet.conf && "
-                            "grep -h 'server:' /etc/kubernetes/kubelet.conf")  # fmt: skip
-        assert res.stdout.split() == ["server:", f"https://{cp1.addr4}:6443"], w.name
+                            "test ! -e /etc/kubernetes/bootstrap-kubelet.conf", check=False)  # fmt: skip
+        assert res.returncode == 0, w.name
 
 
 def test_etcd_is_stacked_with_one_member_per_master(nodes):

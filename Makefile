@@ -76,7 +76,7 @@ test-kubeadm-lab: lab-build
 	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_LAB_SUITE) -q -p no:cacheprovider --durations=10
 
 # The lab's own acceptance first (on the lab as kubeadm leaves it), then the collection on it, then lab down.
-# Two lab suites run in `make test-extended` instead, for time (README, Molecule): make test would take about 85 min.
+# Two lab suites run in `make test-extended` instead, for time (README, Molecule): make test would take about 90 min.
 EXTENDED := tests/integration/test_local_proxy_kubeconfigs.py tests/integration/test_molecule_day2.py
 test: lint sanity lab-build
 	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40 \

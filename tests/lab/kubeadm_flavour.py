@@ -127,12 +127,7 @@ def init_config(node: Node, token: str, version: str, etcd_version: str) -> str:
     return f"""\
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
-bootstrapTokens:
-  - token: "{token}"
-    ttl: 24h0m0s
-    groups: [system:bootstrappers:kubeadm:default-node-token]
-    usages: [signing, authentication]
-localAPIEndpoint:
+{lab.bootstrap_tokens(token)}localAPIEndpoint:
   advertiseAddress: {node.addr4}
   bindPort: 6443
 {node_registration(node)}---

@@ -276,6 +276,17 @@ def attach(node: Node) -> None:
 # PKI and kubeconfigs, made by kubeadm's own phases
 
 
+def bootstrap_tokens(token: str) -> str:
+    """InitConfiguration's bootstrapTokens: kubeadm's default node token, with the lab's value (both flavours)."""
+    return f"""\
+bootstrapTokens:
+  - token: "{token}"
+    ttl: 24h0m0s
+    groups: [system:bootstrappers:kubeadm:default-node-token]
+    usages: [signing, authentication]
+"""
+
+
 def kubeadm_config(node: Node, masters: list[Node], token: str, ver: str, cert_dir: Path, extra_sans=()) -> str:
     cp1 = masters[0]
     sans = {node.name, node.addr4, node.addr6, *extra_sans} | ({cp1.addr4} if node.role == "control-plane" else set())
@@ -283,12 +294,7 @@ def kubeadm_config(node: Node, masters: list[Node], token: str, ver: str, cert_d
     return f"""\
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
-bootstrapTokens:
-  - token: "{token}"
-    ttl: 24h0m0s
-    groups: [system:bootstrappers:kubeadm:default-node-token]
-    usages: [signing, authentication]
-localAPIEndpoint:
+{bootstrap_tokens(token)}localAPIEndpoint:
   advertiseAddress: {node.addr4 if node.role == "control-plane" else cp1.addr4}
   bindPort: 6443
 nodeRegistration:
@@ -940,6 +946,13 @@ def kubernetes_endpoints() -> set[str]:
     return {a for s in json.loads(out.stdout)["items"] for e in s.get("endpoints") or [] for a in e["addresses"]}
 
 
+def refuse_day2_on_kubeadm(verb: str) -> None:
+    # join and leave make and remove a binary-flavour master; on kubeadm's cluster they would half-make one.
+    if state_flavour() == "kubeadm":
+        sys.exit(f"lab.py {verb}: not on the kubeadm flavour yet (its day 2 is kubeadm join --control-plane and "
+                 "kubeadm reset, still to come); the lab is unchanged")  # fmt: skip
+
+
 def cmd_join() -> None:
     """Day 2: one more master joins the running cluster, as `kubeadm join --control-plane` would make it.
 
@@ -948,6 +961,7 @@ def cmd_join() -> None:
     """
     import yaml  # the project's virtualenv has it (ansible-core); only this command needs it
 
+    refuse_day2_on_kubeadm("join")
     with lab_lock():
         state = load_state()
         nodes = [Node(**raw) for raw in state["nodes"]]
@@ -979,6 +993,7 @@ def cmd_join() -> None:
 def cmd_leave(name: str | None) -> None:
     """Day 2: a master leaves, as `kubeadm reset` there then `kubectl delete node` would: its apiserver stops, its
     etcd member is removed, the node is powered off and taken out of the inventory. The newest master by default."""
+    refuse_day2_on_kubeadm("leave")
     with lab_lock():
         state = load_state()
         nodes = [Node(**raw) for raw in state["nodes"]]

@@ -168,9 +168,8 @@ def etcd_image_tag(etcd_version: str) -> str:
     return etcd_version.removeprefix("v") + "-0"
 
 
-def pause_binary(work: Path, pause_ref: str) -> Path:
+def pause_binary(work: Path, pause_ref: str, k8s_version: str) -> Path:
     """pause, compiled static from build/pause/linux/pause.c in the k8s.io/kubernetes module, as upstream builds it."""
-    k8s_version = os.environ["K8S_VERSION"]
     info = json.loads(run("go", "mod", "download", "-json", f"k8s.io/kubernetes@{k8s_version}"))
     source = Path(info["Dir"]) / "build" / "pause" / "linux" / "pause.c"
     out = work / "pause"
@@ -221,7 +220,6 @@ def build(bindir: Path, versions: dict[str, str]) -> Path:
     work = out.with_suffix(".tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    os.environ["K8S_VERSION"] = versions["K8S_VERSION"]
     refs = kubeadm_images(bindir, versions["K8S_VERSION"])
     etcd_ref = f"{REGISTRY}/etcd:{etcd_image_tag(versions['ETCD_VERSION'])}"
     base = base_layer()
@@ -231,7 +229,7 @@ def build(bindir: Path, versions: dict[str, str]) -> Path:
     }
     images["etcd"] = Image(etcd_ref, (base, binary_layer(bindir / "etcd")))
     # The sandbox runs /pause, where the upstream image has it.
-    pause = pause_binary(work, refs["pause"]).read_bytes()
+    pause = pause_binary(work, refs["pause"], versions["K8S_VERSION"]).read_bytes()
     images["pause"] = Image(refs["pause"], (base, Layer(_tar([("pause", pause, 0o755)]))), ("/pause",))
     userland = rootfs_layer(kube_proxy_userland(work, versions["DEBIAN_SUITE"]))
     images["kube-proxy"] = Image(refs["kube-proxy"], (userland, binary_layer(bindir / "kube-proxy")))

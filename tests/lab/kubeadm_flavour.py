@@ -313,7 +313,7 @@ def wrap_kube_proxy() -> None:
 def import_images(node: Node) -> None:
     archive = "masters.tar" if node.role == "control-plane" else "workers.tar"
     lab.wait_for(f"containerd on {node.name}", lambda: lab.ssh(node, "ctr version", timeout=20), 120)
-    lab.ssh(node, f"ctr -n k8s.io images import --no-unpack=false /opt/kubeha-lab/images/{archive} >/dev/null",
+    lab.ssh(node, f"ctr -n k8s.io images import /opt/kubeha-lab/images/{archive} >/dev/null",
             timeout=600)  # fmt: skip
 
 

@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 # Where ansible-test and ansible-playbook see this checkout as kubeha.apiserver.
 COLL := .build/collections/ansible_collections/kubeha/apiserver
 
-.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test-kubeadm-lab test test-extended test-k8s-previous test-compat demo bench clean collection docs
+.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test-kubeadm-lab test test-kubeadm test-extended test-k8s-previous test-compat demo bench clean collection docs
 
 setup:
 	@bash scripts/setup.sh
@@ -70,18 +70,30 @@ lab-test: lab-build
 	$(BIN)/pytest tests/lab/test_lab.py tests/lab/test_zz_down.py -q
 
 # The kubeadm flavour's acceptance (tests/lab/kubeadm_flavour.py): kubeadm init and join, static pods, a kubelet and a
-# kube-proxy pod on every node Ready, no image pulled; then lab down. make test runs it after the binary flavour.
-KUBEADM_LAB_SUITE := tests/lab/test_kubeadm_lab.py tests/lab/test_zz_down.py
+# kube-proxy pod on every node Ready, no image pulled; then lab down.
 test-kubeadm-lab: lab-build
-	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_LAB_SUITE) -q -p no:cacheprovider --durations=10
+	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest tests/lab/test_kubeadm_lab.py tests/lab/test_zz_down.py -q \
+	  -p no:cacheprovider --durations=10
 
-# The lab's own acceptance first (on the lab as kubeadm leaves it), then the collection on it, then lab down.
-# Two lab suites run in `make test-extended` instead, for time (README, Molecule): make test would take about 90 min.
+# make test runs each lab suite on one flavour (README, The lab: which runs where, and why). The binary flavour: its
+# acceptance, and the suites of what is specific to it (systemd-managed apiservers restarted one at a time) or
+# neutral to it. The kubeadm flavour: its acceptance, then the collection as most users run it: the kernel and
+# kube-proxy suites on a real kube-proxy pod, the molecule install and the failure drills, reset then site, day 2.
+# Each suite ends with its lab down (test_zz_down.py). Two suites run in `make test-extended` instead, for time
+# (README, Molecule).
+BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_apiserver_cert_sans.py \
+  tests/integration/test_discovery_access_cluster.py tests/lab/test_zz_down.py
+KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_cluster_endpoint_cluster.py \
+  tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
+  tests/integration/test_local_proxy.py tests/integration/test_local_proxy_day2.py tests/lab/test_zz_down.py
 EXTENDED := tests/integration/test_local_proxy_kubeconfigs.py tests/integration/test_molecule_day2.py
 test: lint sanity lab-build
-	$(BIN)/pytest tests/unit tests/lab/test_lab.py tests/integration tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=40 \
-	  $(foreach f,$(EXTENDED),--ignore=$(f))
-	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_LAB_SUITE) -q -p no:cacheprovider --durations=10
+	$(BIN)/pytest tests/unit $(BINARY_SUITE) -q -p no:cacheprovider --durations=20
+	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_SUITE) -q -p no:cacheprovider --durations=40
+
+# make test's kubeadm half alone (a kubeadm lab reused if one is up).
+test-kubeadm: lab-build
+	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_SUITE) -q -p no:cacheprovider --durations=40
 
 # The kubeconfig switch suite (refusal, check mode, present, rollback, absent byte for byte) and the molecule day2
 # scenario (a fourth master joins, then leaves), on a lab with site.yml applied (the suite applies it), then lab down.

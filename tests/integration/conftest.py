@@ -119,21 +119,6 @@ def control_node(masters) -> labmod.Node:
     return masters[0]
 
 
-def restart_kube_proxy(node: labmod.Node) -> None:
-    """Restart kube-proxy (it rereads the ConfigMap) and wait until it has synced its rules twice."""
-    labmod.ssh(node, "systemctl restart kube-proxy")
-
-    def synced_twice() -> bool:
-        fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:10249/metrics').read().decode())"
-        metrics = labmod.ssh(node, f'python3 -c "{fetch}"').stdout
-        for line in metrics.splitlines():
-            if line.startswith("kubeproxy_sync_proxy_rules_duration_seconds_count"):
-                return float(line.split()[-1]) >= 2
-        return False
-
-    labmod.wait_for(f"two kube-proxy syncs on {node.name}", synced_twice, 90)
-
-
 # Module scope: its teardown must run while the lab is still up (the suite ends by taking the lab down).
 @pytest.fixture(scope="module")
 def vips_excluded(control_node, ipvs_node):
@@ -141,7 +126,7 @@ def vips_excluded(control_node, ipvs_node):
     args = {"cidrs": [VIP4, VIP6], "kubeconfig": "/etc/kubernetes/admin.conf"}
     result = run_module(control_node, "kubeha.apiserver.kubeproxy_exclude_cidr", args)
     assert not result.get("failed"), result
-    restart_kube_proxy(ipvs_node)
+    labmod.restart_kube_proxy(ipvs_node)
     yield
     run_module(control_node, "kubeha.apiserver.kubeproxy_exclude_cidr", args | {"state": "absent"})
-    restart_kube_proxy(ipvs_node)
+    labmod.restart_kube_proxy(ipvs_node)

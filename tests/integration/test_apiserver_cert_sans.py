@@ -68,7 +68,7 @@ def role_files(node: labmod.Node) -> list[str]:
 
 
 def main_pid(node: labmod.Node) -> str:
-    return labmod.ssh(node, "systemctl show -p MainPID --value kube-apiserver").stdout.strip()
+    return labmod.apiserver_pid(node)
 
 
 def served(node: labmod.Node, name: str) -> x509.Certificate:

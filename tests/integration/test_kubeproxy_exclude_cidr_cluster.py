@@ -11,7 +11,7 @@ import json
 import lab as labmod
 import pytest
 import yaml
-from conftest import BACKEND_PORT, VIP4, VIP6, VIP_PORT, restart_kube_proxy, run_module
+from conftest import BACKEND_PORT, VIP4, VIP6, VIP_PORT, run_module
 
 MODULE = "kubeha.apiserver.kubeproxy_exclude_cidr"
 ADMIN = "/etc/kubernetes/admin.conf"
@@ -37,17 +37,17 @@ def vip_services(node) -> list[str]:
 @pytest.fixture(scope="module")
 def clean_exclude(control_node, ipvs_node):
     run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN, "state": "absent"})
-    restart_kube_proxy(ipvs_node)
+    labmod.restart_kube_proxy(ipvs_node)
     yield
     run_module(control_node, MODULE, {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN, "state": "absent"})
     labmod.ssh(ipvs_node, f"ipvsadm -D -t {VIP4}:{VIP_PORT}; ipvsadm -D -t [{VIP6}]:{VIP_PORT}", check=False)
-    restart_kube_proxy(ipvs_node)
+    labmod.restart_kube_proxy(ipvs_node)
 
 
 def test_negative_control_without_exclude_kube_proxy_deletes_the_vip(clean_exclude, ipvs_node, backends):
     create_vip_services(ipvs_node, backends)
     assert len(vip_services(ipvs_node)) == 2
-    restart_kube_proxy(ipvs_node)
+    labmod.restart_kube_proxy(ipvs_node)
     assert vip_services(ipvs_node) == []
 
 
@@ -83,9 +83,9 @@ def test_with_exclude_the_vip_survives_kube_proxy(clean_exclude, control_node, i
     assert not result.get("failed"), result
     # kube-proxy reads the exclude at start: the one running still has the fixture's config (no exclude), and
     # its next sync of either family would delete that family's service before the claim is even tested.
-    restart_kube_proxy(ipvs_node)
+    labmod.restart_kube_proxy(ipvs_node)
     create_vip_services(ipvs_node, backends)
-    restart_kube_proxy(ipvs_node)  # a fresh start syncs both families from scratch
+    labmod.restart_kube_proxy(ipvs_node)  # a fresh start syncs both families from scratch
     assert len(vip_services(ipvs_node)) == 2
 
 

@@ -97,7 +97,7 @@ def test_every_master_serves_a_certificate_for_the_vip(installed, masters):
 
 
 def apiserver_pids(masters) -> dict[str, str]:
-    return {m.name: labmod.ssh(m, "systemctl show -p MainPID --value kube-apiserver").stdout.strip() for m in masters}
+    return {m.name: labmod.apiserver_pid(m) for m in masters}
 
 
 def test_certificate_rotation_under_load_through_the_vip_fails_nothing(installed, nodes, masters):
@@ -211,10 +211,10 @@ def spread(node, count: int = 30) -> dict[str, int]:
 
 
 def apiservers(masters, action: str) -> None:
-    """systemctl ACTION kube-apiserver on the given masters at once (one SSH session each, in parallel)."""
-    procs = [subprocess.Popen(labmod.ssh_argv(m, f"systemctl {action} kube-apiserver")) for m in masters]
+    """Stop or start kube-apiserver on the given masters at once (one SSH session each, in parallel)."""
+    procs = [subprocess.Popen(labmod.ssh_argv(m, labmod.apiserver_command(action))) for m in masters]
     for proc in procs:
-        assert proc.wait(timeout=120) == 0
+        assert proc.wait(timeout=180) == 0
 
 
 @pytest.mark.parametrize("kind", ["ipvs", "haproxy"])
@@ -248,8 +248,9 @@ def test_all_masters_but_one_down_then_they_return(installed, nodes, masters, ki
 
 def test_kube_proxy_restart_under_load_fails_nothing(installed, nodes):
     # kube-proxy (IPVS mode) restarted while traffic flows: the VIP is excluded, its service stays untouched.
+    # The load lasts until the new kube-proxy has synced its rules (its unit restarted, or its pod replaced).
     node = worker(nodes, "ipvs")
-    result = drill(node, lambda: labmod.ssh(node, "systemctl restart kube-proxy"), seconds=10)
+    result = drill(node, lambda: labmod.restart_kube_proxy(node), seconds=50)
     print(f"\nipvs on {node.name}, kube-proxy restarted: {json.dumps(result)}")
     assert result["requests"] >= 40 and result["failed"] == 0, result
     assert f"{VIP4}:{PORT}" in labmod.ssh(node, "ipvsadm -Ln").stdout
@@ -261,27 +262,48 @@ Description=kubelet stand-in for the reboot drill: records the VIP's IPVS servic
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c 'ipvsadm -Ln -t {vip}:{port} >/run/kubeha-drill-{name}.txt 2>&1 || true'
+ExecStart={record}
 [Install]
 WantedBy=multi-user.target
 """
+# The IPVS table once a boot (/run is new at each boot), as a unit starting then finds it.
+RECORD = (
+    "/bin/sh -c 'test -e /run/kubeha-drill-{name}.txt || "
+    "ipvsadm -Ln -t {vip}:{port} >/run/kubeha-drill-{name}.txt 2>&1; true'"
+)
+# On the kubeadm flavour the real kubelet records it, before its first start of the boot.
+KUBELET_DROP_IN = "[Service]\nExecStartPre={record}\n"
+
+
+def reboot_drill_units() -> tuple[dict[str, str], list[str]]:
+    """The drill's files under /etc/systemd/system, and the units to enable."""
+    record = {name: RECORD.format(vip=VIP4, port=PORT, name=name) for name in ("kubelet", "early")}
+    early = KUBELET_STAND_IN.format(record=record["early"]).replace(
+        "[Service]", "Before=kubeha-apiserver-guard.service\n[Service]"
+    )
+    files = {"kubeha-drill-early.service": early}
+    if labmod.state_flavour() == "kubeadm":
+        files["kubelet.service.d/90-kubeha-drill.conf"] = KUBELET_DROP_IN.format(record=record["kubelet"])
+        return files, ["kubeha-drill-early.service"]
+    files["kubelet.service"] = KUBELET_STAND_IN.format(record=record["kubelet"])
+    return files, ["kubelet.service", "kubeha-drill-early.service"]
 
 
 def test_reboot_restores_the_rules_before_kubelet_starts(installed, nodes, masters):
-    # w1 (qemu, real kernel) reboots. A unit named kubelet.service records the IPVS table when it starts: the
-    # guard (Before=kubelet.service) must have restored the VIP's service from its state file by then.
-    # Negative control: the same recorder ordered before the guard finds no service (nothing else restores it).
+    # w1 (qemu, real kernel) reboots. kubelet records the IPVS table when it starts (the real one on the kubeadm
+    # flavour, a stand-in unit named kubelet.service on the binary one): the guard (Before=kubelet.service) must
+    # have restored the VIP's service from its state file by then. Negative control: the same recorder ordered
+    # before the guard finds no service (nothing else restores it).
     node = worker(nodes, "ipvs")
-    units = {
-        "kubelet.service": KUBELET_STAND_IN.format(vip=VIP4, port=PORT, name="kubelet"),
-        "kubeha-drill-early.service": KUBELET_STAND_IN.format(vip=VIP4, port=PORT, name="early").replace(
-            "[Service]", "Before=kubeha-apiserver-guard.service\n[Service]"
-        ),
-    }
-    install = " && ".join(f"printf %s {shlex.quote(text)} > /etc/systemd/system/{unit}" for unit, text in units.items())
+    files, units = reboot_drill_units()
+    install = " && ".join(
+        f"mkdir -p $(dirname /etc/systemd/system/{path}) && printf %s {shlex.quote(text)} > /etc/systemd/system/{path}"
+        for path, text in files.items()
+    )
     labmod.ssh(node, f"{install} && systemctl daemon-reload && systemctl enable -q {' '.join(units)}")
     try:
         boot_id = labmod.ssh(node, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        rebooted_at = time.time()
         labmod.ssh(node, "systemctl reboot", check=False, timeout=30)
         started = time.monotonic()
 
@@ -291,21 +313,26 @@ def test_reboot_restores_the_rules_before_kubelet_starts(installed, nodes, maste
 
         labmod.wait_for(f"{node.name} back after its reboot", rebooted, 600, interval=5)
         print(f"\n{node.name} rebooted and reachable over SSH in {time.monotonic() - started:.0f} s")
-        labmod.wait_for("the stand-ins ran", lambda: labmod.ssh(
+        labmod.wait_for("the recorders ran", lambda: labmod.ssh(
             node, "test -e /run/kubeha-drill-kubelet.txt -a -e /run/kubeha-drill-early.txt", check=False
         ).returncode == 0, 300, interval=5)  # fmt: skip
         seen_by_kubelet = labmod.ssh(node, "cat /run/kubeha-drill-kubelet.txt").stdout
         seen_early = labmod.ssh(node, "cat /run/kubeha-drill-early.txt").stdout
         order = labmod.ssh(node, "systemd-analyze critical-chain kubelet.service --no-pager", check=False).stdout
-        print(f"kubelet stand-in saw:\n{seen_by_kubelet}\nbefore the guard:\n{seen_early}\n{order}")
+        print(f"kubelet saw:\n{seen_by_kubelet}\nbefore the guard:\n{seen_early}\n{order}")
         for m in masters:
             assert f"-> {m.addr4}:6443" in seen_by_kubelet, seen_by_kubelet
         assert f"{VIP4}:{PORT}" not in seen_early and "->" not in seen_early, seen_early
         labmod.wait_for(
             "w1 answers through its VIP", lambda: sum(spread(node, 3).get(m.name, 0) for m in masters) == 3, 120
         )
+        if labmod.state_flavour() == "kubeadm":
+            labmod.wait_for(
+                f"{node.name} Ready again", lambda: labmod.node_ready_since(node.name, rebooted_at), 300, interval=5
+            )
+            print(f"{node.name} Ready {time.monotonic() - started:.0f} s after its reboot began")
     finally:
-        paths = " ".join(f"/etc/systemd/system/{u}" for u in units)
+        paths = " ".join(f"/etc/systemd/system/{path}" for path in files)
         # Stopped too: a oneshot left active would stay loaded as "not-found" and look like a running kubelet.
         cleanup = f"systemctl disable -q --now {' '.join(units)}; rm -f {paths}; systemctl daemon-reload"
         labmod.ssh(node, cleanup, check=False)
@@ -323,8 +350,8 @@ def test_reset_removes_everything_then_site_restores(installed, nodes, masters):
     assert info["data"]["kubeconfig"] == json.loads(labmod.PRISTINE_CLUSTER_INFO.read_text())["data"]["kubeconfig"]
     assert [m.name for m in masters if serves_name(m)] == []
     for node in nodes.values():
-        seeded = (labmod.seed_dir(node) / "rootfs/etc/kubernetes/kubelet.conf").read_text()
-        assert labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout == seeded, node.name
+        pristine = labmod.pristine_kubelet_conf(node)
+        assert labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout == pristine, node.name
 
     for node in nodes.values():
         probe = (

@@ -1,9 +1,9 @@
 """Day 2 on the lab: a master removed from every node's proxy, then added back, while traffic flows.
 
-cp3 plays the master that leaves (its apiserver stopped, as `kubeadm reset` would) and then joins again (its
-apiserver started, the inventory lists it again). Each playbook must reach every node without restarting any
-proxy (the guard's and haproxy's PIDs stay the same) and without failing a request through the VIP. Runs after
-test_local_proxy.py (file order), on the lab it leaves with site.yml applied.
+cp3 plays the master that leaves (its apiserver stopped, as `kubeadm reset` would: its unit, or its static pod)
+and then joins again (its apiserver started, the inventory lists it again). Each playbook must reach every node
+without restarting any proxy (the guard's and haproxy's PIDs stay the same) and without failing a request
+through the VIP. Runs after test_local_proxy.py (file order), on the lab it leaves with site.yml applied.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def day2(lab, nodes, masters):
     leaving = masters[2]
     yield inventory, leaving
     # Whatever happened, cp3's apiserver runs again and every node's proxy lists it.
-    labmod.ssh(leaving, "systemctl start kube-apiserver", check=False)
+    labmod.ssh(leaving, labmod.apiserver_command("start"), check=False)
     labmod.wait_for(f"{leaving.name}'s apiserver ready", lambda: labmod.readyz(leaving.addr4), 180)
     if not proxies_list_every_master(nodes, masters):
         assert playbook("site").returncode == 0
@@ -68,7 +68,7 @@ def day2(lab, nodes, masters):
 def test_remove_master_reaches_every_node_without_a_restart_or_a_failed_request(day2, nodes, masters):
     inventory, leaving = day2
     staying = [n for n in nodes.values() if n.name != leaving.name]
-    labmod.ssh(leaving, "systemctl stop kube-apiserver")
+    labmod.ssh(leaving, labmod.apiserver_command("stop"), timeout=180)
     labmod.wait_for(
         "the kubernetes EndpointSlice drops cp3", lambda: leaving.addr4 not in labmod.kubernetes_endpoints(), 60
     )
@@ -98,7 +98,7 @@ def test_negative_control_remove_master_refuses_when_no_master_would_remain(day2
 def test_add_master_reaches_every_node_without_a_restart_or_a_failed_request(day2, nodes, masters):
     inventory, returning = day2
     everyone = list(nodes.values())
-    labmod.ssh(returning, "systemctl start kube-apiserver")
+    labmod.ssh(returning, labmod.apiserver_command("start"))
     labmod.wait_for(f"{returning.name}'s apiserver ready", lambda: labmod.readyz(returning.addr4), 180)
     before = proxy_pids([n for n in everyone if n.name != returning.name])
     run, load = under_load([nodes["w2"]], lambda: playbook("add_master", inventory=inventory))

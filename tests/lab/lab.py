@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 # Run as a script, this module is also the `lab` that kubeadm_flavour imports (one state, one Node class).
@@ -732,6 +733,106 @@ def kube_proxy_healthy(node: Node) -> bool:
     return res.stdout == "200"
 
 
+# The control plane and kube-proxy as each flavour runs them: systemd units (binary), or kubelet's static pods
+# and kubeadm's DaemonSet (kubeadm). The suites act on them through these, so they run on either flavour.
+KUBEADM_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+KUBEADM_PARKED = "/etc/kubernetes/kube-apiserver.yaml.stopped"  # outside the manifests directory kubelet reads
+
+
+def pids_named(comm: str) -> str:
+    """A shell command printing the PIDs of the node's processes named `comm` (the nodes have no crictl)."""
+    return (f'for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = {comm} ] && echo "${{p#/proc/}}"; '
+            "done; true")  # fmt: skip
+
+
+def apiserver_pid_command() -> str:
+    """A shell command printing the master's kube-apiserver PID (empty while it is not running)."""
+    if state_flavour() == "kubeadm":
+        return pids_named("kube-apiserver")
+    return "systemctl show -p MainPID --value kube-apiserver | grep -vx 0; true"
+
+
+def apiserver_pid(master: Node) -> str:
+    return ssh(master, apiserver_pid_command()).stdout.strip()
+
+
+def apiserver_command(action: str) -> str:
+    """A shell command that stops or starts the master's kube-apiserver, as its flavour runs it.
+
+    Stop returns once the process is gone (as `systemctl stop` does); start once it is asked for, not ready.
+    On kubeadm the manifest leaves kubelet's directory and comes back: kubelet stops the pod, then runs it anew.
+    """
+    if action not in ("stop", "start"):
+        raise ValueError(f"apiserver action {action!r}: stop or start")
+    if state_flavour() != "kubeadm":
+        return f"systemctl {action} kube-apiserver"
+    if action == "start":
+        return f"if [ -e {KUBEADM_PARKED} ]; then mv {KUBEADM_PARKED} {KUBEADM_MANIFEST}; fi"
+    # Bounded: 600 polls of 0.2 s, past the pod's grace period.
+    return (f"if [ -e {KUBEADM_MANIFEST} ]; then mv {KUBEADM_MANIFEST} {KUBEADM_PARKED}; fi; n=0; "
+            f'while [ -n "$({pids_named("kube-apiserver")})" ]; do sleep 0.2; n=$((n+1)); [ $n -lt 600 ] || exit 3; '
+            "done")  # fmt: skip
+
+
+def kube_proxy_pid(node: Node) -> str:
+    if state_flavour() == "kubeadm":
+        return ssh(node, pids_named("kube-proxy")).stdout.strip()
+    return ssh(node, "systemctl show -p MainPID --value kube-proxy").stdout.strip()
+
+
+def kube_proxy_syncs(node: Node) -> float:
+    """kube-proxy's rule syncs since it started (its metrics on the node's loopback; 0 while it does not answer)."""
+    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:10249/metrics', timeout=3).read().decode())"
+    metrics = ssh(node, f'python3 -c "{fetch}"', check=False).stdout
+    for line in metrics.splitlines():
+        if line.startswith("kubeproxy_sync_proxy_rules_duration_seconds_count"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def restart_kube_proxy(node: Node, wait: bool = True) -> None:
+    """Restart the node's kube-proxy (it rereads the ConfigMap): its unit, or its DaemonSet pod deleted.
+
+    With `wait`, returns once a new process has synced its rules (`wait_for_kube_proxy`).
+    """
+    before = kube_proxy_pid(node)
+    if state_flavour() == "kubeadm":
+        kubectl("-n", "kube-system", "delete", "pod", "-l", "k8s-app=kube-proxy",
+                f"--field-selector=spec.nodeName={node.name}", "--grace-period=1", "--wait=false")  # fmt: skip
+    else:
+        ssh(node, "systemctl restart kube-proxy")
+    if wait:
+        wait_for_kube_proxy(node, before)
+
+
+def wait_for_kube_proxy(node: Node, old_pid: str, timeout: float = 180) -> None:
+    """A kube-proxy other than `old_pid` on the node, done with its first sync of the rules (the sync that
+    deletes, in IPVS mode, the services it does not own: the exclude suite's negative control shows it)."""
+    wait_for(
+        f"a new kube-proxy on {node.name}, its rules synced",
+        lambda: kube_proxy_pid(node) not in ("", "0", old_pid) and kube_proxy_syncs(node) >= 1,
+        timeout,
+    )
+
+
+def node_ready_since(name: str, since: float) -> bool:
+    """The Node is Ready by a kubelet status posted at `since` (a wall-clock time) or later: a fresh report,
+    not the one the cluster still holds from before (it would stay Ready for the 40 s grace either way)."""
+    node = json.loads(kubectl("get", "node", name, "-o", "json").stdout)
+    for condition in node["status"].get("conditions", []):
+        if condition["type"] == "Ready":
+            posted = datetime.fromisoformat(condition["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()
+            return condition["status"] == "True" and posted >= since
+    return False
+
+
+def pristine_kubelet_conf(node: Node) -> str:
+    """kubelet.conf as the node had it before the collection ran: the seed's, or kubeadm's (saved at lab up)."""
+    if state_flavour() == "kubeadm":
+        return (WORK / "pristine" / f"{node.name}.kubelet.conf").read_text()
+    return (seed_dir(node) / "rootfs/etc/kubernetes/kubelet.conf").read_text()
+
+
 LAB_RBAC = """\
 # Lab plumbing: a node's kube-proxy unit reads the kube-proxy ConfigMap, as kubelet would mount it.
 apiVersion: rbac.authorization.k8s.io/v1
@@ -904,6 +1005,11 @@ def cmd_up() -> None:
             PRISTINE_CLUSTER_INFO.write_text(
                 kubectl("get", "-n", "kube-public", "cm", "cluster-info", "-o", "json").stdout
             )
+            (WORK / "pristine").mkdir(exist_ok=True)
+            for node in nodes:  # what kubeadm init and join left: reset.yml must give it back byte for byte
+                (WORK / "pristine" / f"{node.name}.kubelet.conf").write_text(
+                    ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout
+                )
             inventory = write_inventory(nodes)
             state["ready_after_s"] = round(time.monotonic() - t0, 1)
             save_state(state)

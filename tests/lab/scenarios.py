@@ -100,7 +100,7 @@ def molecule(*args: str) -> subprocess.CompletedProcess:
 
 
 def kill_apiserver(victim: labmod.Node) -> tuple[float, float]:
-    """SIGKILL the apiserver process (systemd restarts it after RestartSec, as a crashed master would).
+    """SIGKILL the apiserver process (systemd, or kubelet for a static pod, restarts it, as for a crashed master).
 
     Returns when it died, by the victim's clock (the lab's masters are containers on the host's kernel, so the
     host's `time.time()`): the instant just before the signal, and the first instant its port had no listener.
@@ -110,7 +110,7 @@ def kill_apiserver(victim: labmod.Node) -> tuple[float, float]:
     after the instant taken, and a request sent in between would pass for a later one.)
     """
     script = (
-        'pid=$(systemctl show -p MainPID --value kube-apiserver); date +%s.%N; kill -KILL "$pid"; n=0; '
+        f'pid=$({labmod.apiserver_pid_command()}); date +%s.%N; kill -KILL "$pid"; n=0; '
         # Bounded: 2000 polls of about 10 ms, far past the dying window and systemd's RestartSec.
         'while ss -Hltn "sport = :6443" | grep -q .; do n=$((n+1)); [ $n -lt 2000 ] || exit 3; done; date +%s.%N'
     )
@@ -231,7 +231,8 @@ def demo() -> int:
                     f" ({outcome['event_lasted_s']} s) failed (no proxy can resend their bytes)")  # fmt: skip
         print(f"   {outcome['requests']} requests: {gap}", flush=True)
         labmod.wait_for(f"{victim.name}'s apiserver back", lambda: labmod.readyz(victim.addr4), 120)
-        print(f"   {victim.name}'s apiserver is back (systemd restarted it)", flush=True)
+        keeper = "kubelet restarted its static pod" if labmod.state_flavour() == "kubeadm" else "systemd restarted it"
+        print(f"   {victim.name}'s apiserver is back ({keeper})", flush=True)
     return 0
 
 

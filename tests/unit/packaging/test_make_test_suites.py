@@ -54,7 +54,7 @@ def test_every_lab_suite_runs_on_one_flavour_or_in_test_extended():
 
 
 def test_make_test_runs_both_flavours_suites():
-    recipe = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True).stdout
+    recipe = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     lines = [line for line in recipe.splitlines() if "pytest" in line]
     assert any("tests/unit" in line and "tests/lab/test_lab.py" in line for line in lines), lines
     assert any(line.startswith("KUBEHA_LAB_FLAVOUR=kubeadm") and "test_kubeadm_lab.py" in line for line in lines), lines

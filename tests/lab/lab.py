@@ -790,10 +790,10 @@ def kube_proxy_syncs(node: Node) -> float:
     return 0.0
 
 
-def restart_kube_proxy(node: Node, wait: bool = True) -> None:
+def restart_kube_proxy(node: Node) -> None:
     """Restart the node's kube-proxy (it rereads the ConfigMap): its unit, or its DaemonSet pod deleted.
 
-    With `wait`, returns once a new process has synced its rules (`wait_for_kube_proxy`).
+    Returns once a new process has synced its rules (`wait_for_kube_proxy`).
     """
     before = kube_proxy_pid(node)
     if state_flavour() == "kubeadm":
@@ -801,8 +801,7 @@ def restart_kube_proxy(node: Node, wait: bool = True) -> None:
                 f"--field-selector=spec.nodeName={node.name}", "--grace-period=1", "--wait=false")  # fmt: skip
     else:
         ssh(node, "systemctl restart kube-proxy")
-    if wait:
-        wait_for_kube_proxy(node, before)
+    wait_for_kube_proxy(node, before)
 
 
 def wait_for_kube_proxy(node: Node, old_pid: str, timeout: float = 180) -> None:

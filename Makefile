@@ -82,7 +82,8 @@ BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_apiserver_cert_sans
   tests/integration/test_cluster_endpoint_cluster.py tests/integration/test_discovery_access_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
   tests/integration/test_local_proxy.py tests/integration/test_local_proxy_day2.py tests/lab/test_zz_down.py
-KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/lab/test_zz_down.py
+KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_kubeadm_join_through_vip.py \
+  tests/lab/test_zz_down.py
 EXTENDED := tests/integration/test_local_proxy_kubeconfigs.py tests/integration/test_molecule_day2.py
 test: lint sanity lab-build
 	$(BIN)/pytest tests/unit $(BINARY_SUITE) -q -p no:cacheprovider --durations=40
@@ -91,7 +92,8 @@ test: lint sanity lab-build
 # The collection's lab suites on the kubeadm flavour, by hand (README, The kubeadm flavour): not in make test yet.
 KUBEADM_COLLECTION_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_cluster_endpoint_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
-  tests/integration/test_local_proxy.py tests/integration/test_local_proxy_day2.py tests/lab/test_zz_down.py
+  tests/integration/test_local_proxy.py tests/integration/test_local_proxy_day2.py \
+  tests/integration/test_kubeadm_join_through_vip.py tests/lab/test_zz_down.py
 test-kubeadm: lab-build
 	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_COLLECTION_SUITE) -q -p no:cacheprovider --durations=40
 

@@ -19,6 +19,10 @@ from typing import Any
 import yaml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "inventory"
+# The collection's playbooks a user runs, each against these inventories (each imports check_inventory.yml first).
+PLAYBOOKS = tuple(
+    sorted(p.stem for p in (EXAMPLES.parents[1] / "playbooks").glob("*.yml") if p.stem != "check_inventory")
+)
 
 
 @dataclass(frozen=True)

@@ -703,11 +703,15 @@ def start_mirror(images: dict[str, Path], wheels: Path, state: dict) -> None:
 # the API side
 
 
-def kubectl(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+def kubectl(*args: str, check: bool = True, input: str | None = None, via: Node | None = None):
+    """kubectl with the lab's admin.conf; `via` a master: that master's apiserver instead of the kubeconfig's
+    (cp1's on the kubeadm flavour, its controlPlaneEndpoint), for a test that has stopped cp1's."""
     bindir = Path(load_state()["bindir"])
+    server = [f"--server=https://{via.addr4}:6443"] if via else []
     return sh(
-        str(bindir / "kubectl"), f"--kubeconfig={WORK / 'admin.conf'}", *args, ns=HUB_NS, check=check, input=input
-    )
+        str(bindir / "kubectl"), f"--kubeconfig={WORK / 'admin.conf'}", *server, *args, ns=HUB_NS, check=check,
+        input=input,
+    )  # fmt: skip
 
 
 def readyz(addr: str, timeout: float = 3) -> bool:
@@ -814,10 +818,10 @@ def wait_for_kube_proxy(node: Node, old_pid: str, timeout: float = 180) -> None:
     )
 
 
-def node_ready_since(name: str, since: float) -> bool:
+def node_ready_since(name: str, since: float, via: Node | None = None) -> bool:
     """The Node is Ready by a kubelet status posted at `since` (a wall-clock time) or later: a fresh report,
     not the one the cluster still holds from before (it would stay Ready for the 40 s grace either way)."""
-    node = json.loads(kubectl("get", "node", name, "-o", "json").stdout)
+    node = json.loads(kubectl("get", "node", name, "-o", "json", via=via).stdout)
     for condition in node["status"].get("conditions", []):
         if condition["type"] == "Ready":
             posted = datetime.fromisoformat(condition["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()

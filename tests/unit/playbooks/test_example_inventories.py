@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from example_inventory import EXAMPLES, LAYOUTS, group_members, write_example_inventory
+from example_inventory import EXAMPLES, LAYOUTS, PLAYBOOKS, group_members, write_example_inventory
 
 REPO = Path(__file__).resolve().parents[3]
-PLAYBOOKS = ("site", "add_master", "remove_master", "kubeconfig_endpoint", "reset")
 EXPECTED = {
     "kubeadm": ({"cp1", "cp2", "cp3"}, {"w1", "w2"}),
     "kubespray": ({"node1", "node2", "node3"}, {"node4", "node5"}),

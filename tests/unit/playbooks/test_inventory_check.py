@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-PLAYBOOKS = ("site", "add_master", "remove_master", "kubeconfig_endpoint", "reset")
+from example_inventory import PLAYBOOKS
 
 MASTERS = ("cp1", "cp2")
 WORKERS = ("w1",)

@@ -76,8 +76,8 @@ test-kubeadm-lab: lab-build
 	  -p no:cacheprovider --durations=10
 
 # make test runs each lab suite on one flavour (README, The lab): every collection suite on the binary flavour, then
-# the kubeadm flavour's acceptance. Each ends with its lab down (test_zz_down.py). Two suites run in
-# `make test-extended` instead, for time (README, Molecule).
+# on the kubeadm flavour its acceptance and a new worker's kubeadm join through its own VIP. Each ends with its lab
+# down (test_zz_down.py). Two suites run in `make test-extended` instead, for time (README, Molecule).
 BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_apiserver_cert_sans.py \
   tests/integration/test_cluster_endpoint_cluster.py tests/integration/test_discovery_access_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
@@ -90,7 +90,8 @@ test: lint sanity lab-build
 	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_SUITE) -q -p no:cacheprovider --durations=10
 
 # The collection's lab suites on the kubeadm flavour, by hand (README, The kubeadm flavour): not in make test yet.
-KUBEADM_COLLECTION_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_cluster_endpoint_cluster.py \
+KUBEADM_COLLECTION_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_apiserver_cert_sans.py \
+  tests/integration/test_cluster_endpoint_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
   tests/integration/test_local_proxy.py tests/integration/test_local_proxy_day2.py \
   tests/integration/test_kubeadm_join_through_vip.py tests/lab/test_zz_down.py

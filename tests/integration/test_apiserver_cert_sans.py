@@ -1,8 +1,10 @@
-"""The apiserver_cert_sans role against the lab's three real kube-apiservers (systemd units, kubeadm's PKI).
+"""The apiserver_cert_sans role against the lab's three real kube-apiservers (kubeadm's PKI; systemd units on the
+binary flavour, kubeadm's static pods on the kubeadm flavour).
 
 The tests run in file order on one module-scoped snapshot of every master's apiserver.crt and apiserver.key:
 bad input and check mode first (nothing may change), then the VIPs added (the apiservers reload the file by
-themselves: no restart), a second run (changed=0), a forced systemd restart of each master in turn, a rollback
+themselves: no restart), a second run (changed=0), a forced restart of each master in turn (its systemd unit, or
+its static pod: the manifest out of kubelet's directory and back, kubelet stopping and starting the pod), a rollback
 (a restart that cannot work, after the apiserver already serves the new certificate), and the reset, which
 must give back the original files byte for byte. While the role runs, /readyz of every master is sampled from
 the host: never two not ready at once. The lab may be found with the role applied (site.yml runs it): the
@@ -35,6 +37,7 @@ PKI = "/etc/kubernetes/pki"
 CERT, KEY = f"{PKI}/apiserver.crt", f"{PKI}/apiserver.key"
 VIP4, VIP6 = "169.254.100.1", "fd6b:6861::1"
 EXTRA = "kubeha-cert-test.lab"
+NO_MANIFEST = "/etc/kubernetes/manifests/kubeha-no-such-apiserver.yaml"  # on no master, of either flavour
 # The role's files beside the certificate: the originals, the issued copy, timestamped backups.
 ROLE_FILES = re.compile(r"^apiserver\.(crt|key)(\.kubeha-orig|\.kubeha-issued|\.[0-9-]+@[0-9:]+~)$")
 SERVED = """
@@ -263,7 +266,8 @@ def test_second_run_changes_nothing(masters) -> None:
 
 def test_forced_restarts_take_one_master_down_at_a_time(masters, original) -> None:
     pids = {m.name: main_pid(m) for m in masters}
-    variables = {"apiserver_cert_sans_extra": [EXTRA], "apiserver_cert_sans_restart": "systemd"}
+    method = "static_pod" if labmod.state_flavour() == "kubeadm" else "systemd"
+    variables = {"apiserver_cert_sans_extra": [EXTRA], "apiserver_cert_sans_restart": method}
     started = time.monotonic()
     with ReadySampler(masters) as sampler:
         run = play(variables=variables)
@@ -274,7 +278,7 @@ def test_forced_restarts_take_one_master_down_at_a_time(masters, original) -> No
         cert = served(m, VIP4)
         assert sans(cert) == [*sans(load(original[m.name]["crt"])), f"IP:{VIP4}", f"IP:{VIP6}", f"DNS:{EXTRA}"]
     spans = sampler.down_spans()
-    print(f"\nsystemd restarts: 3 masters in {took:.1f} s; not ready (s after start): {spans}")
+    print(f"\n{method} restarts: 3 masters in {took:.1f} s; not ready (s after start): {spans}")
     # Never two down at once; and the sampler did see each restart (else the bound would prove nothing).
     assert sampler.most_down == 1, sampler.samples
     assert sorted(spans) == sorted(m.name for m in masters), spans
@@ -284,21 +288,20 @@ def test_forced_restarts_take_one_master_down_at_a_time(masters, original) -> No
 
 
 def test_a_failed_rotation_is_rolled_back(masters) -> None:
-    """A restart that cannot work (no static pod manifest on these masters), after the certificate file was replaced.
+    """A restart that cannot work (a static pod manifest that is not there), after the certificate file was replaced.
 
     The apiserver picks up the new file by itself within milliseconds; the rollback must make it serve the previous
     certificate again.
     """
     before = files(masters)
     variables = {"apiserver_cert_sans_extra": [EXTRA, "rollback.kubeha-cert-test.lab"],
-                 "apiserver_cert_sans_restart": "static_pod"}  # fmt: skip
+                 "apiserver_cert_sans_restart": "static_pod", "apiserver_cert_sans_manifest": NO_MANIFEST}  # fmt: skip
     with ReadySampler(masters) as sampler:
         run = play(variables=variables)
     assert run.returncode != 0
     first = masters[0].name
     # One message names the master, the step, the cause and the outcome.
-    assert (f"cannot restart the apiserver of {first}: no static pod manifest at "
-            "/etc/kubernetes/manifests/kube-apiserver.yaml") in run.stdout  # fmt: skip
+    assert f"cannot restart the apiserver of {first}: no static pod manifest at {NO_MANIFEST}" in run.stdout
     assert f"Rolled back: {first} serves its previous certificate again and answers /readyz" in run.stdout
     assert files(masters) == before, "the first master's files are not back, or another master was touched"
     assert served(masters[0], VIP4) == load(before[first]["crt"])

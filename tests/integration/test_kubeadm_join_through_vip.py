@@ -24,6 +24,7 @@ import lab as labmod
 import pytest
 import yaml
 from conftest import run_module
+from kubeadm_flavour import cluster_info_server
 from scenarios import playbook, run_playbook
 
 VIP_ENDPOINT = "169.254.100.1:6444"
@@ -56,11 +57,6 @@ def server_of(node: labmod.Node, path: str) -> str | None:
     return yaml.safe_load(res.stdout)["clusters"][0]["cluster"]["server"]
 
 
-def cluster_info_server() -> str:
-    cm = json.loads(labmod.kubectl("get", "-n", "kube-public", "configmap", "cluster-info", "-o", "json").stdout)
-    return yaml.safe_load(cm["data"]["kubeconfig"])["clusters"][0]["cluster"]["server"]
-
-
 def leave(node: labmod.Node) -> None:
     """The node out of the cluster as kubeadm takes it out: reset (kubelet stopped, its files and pods gone),
     then its Node object deleted."""
@@ -79,7 +75,8 @@ def newcomer(lab, nodes, masters, control_node, tmp_path_factory):
     around each join (the test's). The teardown puts cluster-info back as kubeadm made it."""
     assert lab.get("flavour") == "kubeadm", "this suite runs on the kubeadm flavour (KUBEHA_LAB_FLAVOUR=kubeadm)"
     tmp = tmp_path_factory.mktemp("join")
-    node = next(n for n in nodes.values() if n.role == "worker" and n.kind == "nspawn")
+    node = next((n for n in nodes.values() if n.role == "worker" and n.kind == "nspawn"), None)
+    assert node is not None, "the lab has no nspawn worker to join again"
     assert cluster_info_server() == f"https://{masters[0].addr4}:6443", "cluster-info is not as kubeadm made it"
     # The VIPs in every apiserver certificate, as site.yml puts them (the new node's TLS bootstrap is made to one).
     play([{"ansible.builtin.include_role": {"name": "kubeha.apiserver.local_proxy", "tasks_from": "venv"}},
@@ -142,8 +139,9 @@ def test_negative_control_with_cluster_info_at_the_first_master_the_join_fails(n
         leave(newcomer)
 
 
-def test_a_new_worker_joins_through_its_own_vip_while_the_first_master_is_down(newcomer, control_node, masters,
-                                                                                 record_property):  # fmt: skip
+def test_a_new_worker_joins_through_its_own_vip_while_the_first_master_is_down(
+    newcomer, control_node, masters, record_property
+):
     result = run_module(control_node, "kubeha.apiserver.cluster_endpoint", CLUSTER_INFO | {"server": VIP_SERVER})
     assert not result.get("failed") and result["changed"], result
     assert cluster_info_server() == VIP_SERVER

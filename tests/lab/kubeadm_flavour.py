@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -367,3 +368,66 @@ def bring_up(nodes: list[Node], token: str) -> None:
     names = {n.name for n in nodes}
     lab.wait_for("every node Ready", lambda: ready_nodes() >= names, 600, interval=3)
     lab.wait_for("a ready kube-proxy pod on every node", lambda: kube_proxy_pods_ready() >= names, 600, interval=3)
+
+
+def cluster_info_server() -> str:
+    """The server kube-public/cluster-info names: where `kubeadm join` goes after its discovery."""
+    import yaml  # the project's virtualenv has it (ansible-core)
+
+    cm = json.loads(lab.kubectl("get", "-n", "kube-public", "configmap", "cluster-info", "-o", "json").stdout)
+    return yaml.safe_load(cm["data"]["kubeconfig"])["clusters"][0]["cluster"]["server"]
+
+
+def bootstrap_token(node: Node) -> str:
+    """The lab's bootstrap token, from a node's seed configuration (the state keeps only its ID, not the secret)."""
+    text = (lab.seed_dir(node) / "rootfs" / SEED_CONFIG.lstrip("/") / "kubeadm.yaml").read_text()
+    found = re.search(r'token: "([a-z0-9]{6}\.[a-z0-9]{16})"', text)
+    if not found:
+        raise RuntimeError(f"no bootstrap token in {node.name}'s kubeadm configuration")
+    return found.group(1)
+
+
+def join_master(new: Node, nodes: list[Node], state: dict) -> None:
+    """Day 2 (`lab.py join`): one more master by `kubeadm join --control-plane` at the cluster's controlPlaneEndpoint
+    (cp1), with the lab's token and the shared CAs in its seed, as kubeadm's manual certificate distribution does.
+    kubeadm adds its etcd member and its Node; returns once its apiserver answers and the node is Ready."""
+    masters = [n for n in nodes if n.role == "control-plane"]
+    token = bootstrap_token(masters[0])
+    bindir = Path(state["bindir"])
+    lab.make_seed(new, [*nodes, new], bindir, joining=True)
+    config = lab.seed_dir(new) / "rootfs" / SEED_CONFIG.lstrip("/") / "kubeadm.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(join_config(new, f"{masters[0].addr4}:6443", token, ca_cert_hash(lab.SHARED_PKI / "ca.crt")))
+    lab.attach(new)
+    state["netns"].append(new.netns)
+    lab.start_nspawn(new, Path(state["images_by_suite"][new.suite]), bindir, state)
+    lab.wait_for(f"SSH on {new.name}", lambda: lab.ssh(new, "true", timeout=15), 240)
+    import_images(new)
+    if cluster_info_server() != f"https://{masters[0].addr4}:6443":
+        # The collection pointed cluster-info at the VIP: kubeadm join follows it, so the new master needs its local
+        # proxy first, as any node joining such a cluster does (README, Playbooks: prepare_node).
+        from scenarios import playbook
+
+        lab.log(f"cluster-info names the VIP: playbooks/prepare_node.yml on {new.name} first")
+        lab.write_inventory([*nodes, new])
+        run = playbook("prepare_node", "--limit", new.name)
+        if run.returncode != 0:
+            raise RuntimeError(f"prepare_node.yml on {new.name} failed: {run.stdout[-3000:]}{run.stderr[-2000:]}")
+    lab.log(f"kubeadm join --control-plane on {new.name}")
+    kubeadm(new, "join")
+    lab.wait_for(f"kube-apiserver on {new.name}", lambda: lab.readyz(new.addr4), 240)
+    lab.wait_for(f"{new.name} Ready", lambda: new.name in ready_nodes(), 300, interval=3)
+    (WORK / "pristine" / f"{new.name}.kubelet.conf").write_text(lab.ssh(new, "cat /etc/kubernetes/kubelet.conf").stdout)
+
+
+def reset_master(leaving: Node, first: Node) -> None:
+    """Day 2 (`lab.py leave`): `kubeadm reset` on the master (it removes its own etcd member, stops kubelet and its
+    static pods), then its apiserver out of the kubernetes EndpointSlices and its Node deleted."""
+    lab.log(f"kubeadm reset on {leaving.name}")
+    lab.ssh(leaving, f"kubeadm reset -f --cri-socket {CRI_SOCKET} >/dev/null 2>&1", timeout=300)
+    lab.wait_for(f"{leaving.addr4} out of the kubernetes EndpointSlices",
+                 lambda: leaving.addr4 not in lab.kubernetes_endpoints(), 120)  # fmt: skip
+    members = lab.etcd_members(first, "list", {})["members"]
+    if any(m.get("name") == leaving.name for m in members):
+        raise RuntimeError(f"kubeadm reset left {leaving.name}'s etcd member in the cluster: {members}")
+    lab.kubectl("delete", "node", leaving.name, "--ignore-not-found")

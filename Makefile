@@ -112,7 +112,9 @@ test-k8s-previous: lab-build
 	KUBEHA_K8S_VERSION=$(K8S_PREVIOUS) bash tests/lab/build_binaries.sh >/dev/null
 	KUBEHA_K8S_VERSION=$(K8S_PREVIOUS) $(BIN)/pytest tests/lab/test_lab.py tests/integration/test_local_proxy.py::test_every_guard_discovers_the_masters_and_needs_the_grant_to tests/lab/test_zz_down.py -q -p no:cacheprovider
 
-# The main job against the built-in lab: lab up, playbooks/site.yml, then a master killed under load.
+# The main job against the built-in lab: lab up, playbooks/site.yml, then a master killed under load. On the kubeadm
+# flavour unless KUBEHA_LAB_FLAVOUR says otherwise: the cluster most users run (static pods, kubelets, kube-proxy pods).
+demo: export KUBEHA_LAB_FLAVOUR := $(or $(KUBEHA_LAB_FLAVOUR),kubeadm)
 demo: lab-up
 	$(PY) tests/lab/lab.py status
 	$(PY) tests/lab/scenarios.py

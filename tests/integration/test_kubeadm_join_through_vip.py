@@ -24,7 +24,7 @@ import lab as labmod
 import pytest
 import yaml
 from conftest import run_module
-from kubeadm_flavour import cluster_info_server
+from kubeadm_flavour import cluster_info_server, kubeadm_reset
 from scenarios import playbook, run_playbook
 
 VIP_ENDPOINT = "169.254.100.1:6444"
@@ -32,7 +32,6 @@ VIP_SERVER = f"https://{VIP_ENDPOINT}"
 ADMIN = "/etc/kubernetes/admin.conf"
 SEED_JOIN = "/etc/kubernetes/kubeha-lab/kubeadm.yaml"  # the lab's JoinConfiguration for this node (at cp1:6443)
 JOIN_AT_VIP = "/etc/kubernetes/kubeha-lab/join-at-vip.yaml"
-CRI = "unix:///var/run/containerd/containerd.sock"
 CLUSTER_INFO = {"targets": ["cluster_info"], "kubeconfig": ADMIN, "wait_signed": True, "timeout": 90}
 # The join's bounds: the negative control waits out tlsBootstrap, then kubeadm exits non-zero.
 JOIN_TIMEOUTS = "timeouts:\n  discovery: 60s\n  kubernetesAPICall: 30s\n  tlsBootstrap: 45s\n"
@@ -60,7 +59,7 @@ def server_of(node: labmod.Node, path: str) -> str | None:
 def leave(node: labmod.Node) -> None:
     """The node out of the cluster as kubeadm takes it out: reset (kubelet stopped, its files and pods gone),
     then its Node object deleted."""
-    labmod.ssh(node, f"kubeadm reset -f --cri-socket {CRI} >/dev/null 2>&1", timeout=300)
+    kubeadm_reset(node)
     labmod.kubectl("delete", "node", node.name, "--ignore-not-found", "--wait=true")
 
 

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import lab
 from container_images import etcd_image_tag
-from lab import NODE_BIN, POD_CIDRS, SERVICE_CIDRS, WORK, Node
+from lab import CRI_SOCKET, NODE_BIN, POD_CIDRS, SERVICE_CIDRS, WORK, Node
 
-CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 SEED_CONFIG = "/etc/kubernetes/kubeha-lab"
 # What kubelet sets at start unless it finds them (pkg/kubelet/cm, setupKernelTunables).
 KUBELET_SYSCTLS = {
@@ -422,12 +421,16 @@ def join_master(new: Node, nodes: list[Node], state: dict) -> None:
 
 def reset_master(leaving: Node, first: Node) -> None:
     """Day 2 (`lab.py leave`): `kubeadm reset` on the master (it removes its own etcd member, stops kubelet and its
-    static pods), then its apiserver out of the kubernetes EndpointSlices and its Node deleted."""
+    static pods), then its apiserver out of the kubernetes EndpointSlices (cmd_leave deletes the Node)."""
     lab.log(f"kubeadm reset on {leaving.name}")
-    lab.ssh(leaving, f"kubeadm reset -f --cri-socket {CRI_SOCKET} >/dev/null 2>&1", timeout=300)
+    kubeadm_reset(leaving)
     lab.wait_for(f"{leaving.addr4} out of the kubernetes EndpointSlices",
                  lambda: leaving.addr4 not in lab.kubernetes_endpoints(), 120)  # fmt: skip
     members = lab.etcd_members(first, "list", {})["members"]
     if any(m.get("name") == leaving.name for m in members):
         raise RuntimeError(f"kubeadm reset left {leaving.name}'s etcd member in the cluster: {members}")
-    lab.kubectl("delete", "node", leaving.name, "--ignore-not-found")
+
+
+def kubeadm_reset(node: Node) -> None:
+    """`kubeadm reset` on the node: kubelet stopped, its pods and files gone (a master's etcd member too)."""
+    lab.ssh(node, f"kubeadm reset -f --cri-socket {CRI_SOCKET} >/dev/null 2>&1", timeout=300)

@@ -59,6 +59,7 @@ CLUSTER_NAME = "kubeha-lab"
 NODE_BIN = "/opt/kubeha-lab/bin"
 NODE_IMAGES = "/opt/kubeha-lab/images"
 FLAVOURS = ("binary", "kubeadm")
+CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"  # the CRI socket the kubeadm configurations name
 EMULATED_PROBE_TIMEOUT = 3.0  # seconds: the guard's probe timeout on the kubeadm flavour's emulated worker
 
 
@@ -301,7 +302,7 @@ kind: InitConfiguration
   bindPort: 6443
 nodeRegistration:
   name: {node.name}
-  criSocket: unix:///var/run/containerd/containerd.sock
+  criSocket: {CRI_SOCKET}
 ---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration

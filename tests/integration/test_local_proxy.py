@@ -40,9 +40,7 @@ def installed(lab, nodes):
 
 def discovered(node) -> int | None:
     """The guard's kubeha_apiserver_backends_discovered metric on the node (None while it does not answer)."""
-    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9445/metrics', timeout=2).read().decode())"
-    text = labmod.ssh(node, f"python3 -c {shlex.quote(fetch)}", check=False).stdout  # nodes have no curl
-    found = re.search(r"^kubeha_apiserver_backends_discovered (\d+)", text, re.M)
+    found = re.search(r"^kubeha_apiserver_backends_discovered (\d+)", labmod.node_metrics(node, 9445), re.M)
     return int(found.group(1)) if found else None
 
 

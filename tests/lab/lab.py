@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -786,14 +787,22 @@ def kube_proxy_pid(node: Node) -> str:
     return ssh(node, "systemctl show -p MainPID --value kube-proxy").stdout.strip()
 
 
-def kube_proxy_syncs(node: Node) -> float:
-    """kube-proxy's rule syncs since it started (its metrics on the node's loopback; 0 while it does not answer)."""
-    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:10249/metrics', timeout=3).read().decode())"
-    metrics = ssh(node, f'python3 -c "{fetch}"', check=False).stdout
-    for line in metrics.splitlines():
-        if line.startswith("kubeproxy_sync_proxy_rules_duration_seconds_count"):
-            return float(line.split()[-1])
-    return 0.0
+def node_metrics(node: Node, port: int) -> str:
+    """The Prometheus text a process serves on the node's loopback (nodes have no curl); "" while none answers."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    fetch = f"import urllib.request as u; print(u.urlopen('{url}', timeout=3).read().decode())"
+    return ssh(node, f"python3 -c {shlex.quote(fetch)}", check=False).stdout
+
+
+def kube_proxy_syncs(node: Node) -> dict[str, float]:
+    """kube-proxy's rule syncs since it started, by IP family: a dual-stack kube-proxy runs one proxier a family,
+    each syncing on its own (the IPv4 one may be done while the IPv6 one has not started)."""
+    found = re.finditer(
+        r'^kubeproxy_sync_proxy_rules_duration_seconds_count\{ip_family="(IPv[46])"\} (\S+)$',
+        node_metrics(node, 10249),
+        re.M,
+    )
+    return {m.group(1): float(m.group(2)) for m in found}
 
 
 def restart_kube_proxy(node: Node) -> None:
@@ -815,9 +824,15 @@ def wait_for_kube_proxy(node: Node, old_pid: str, timeout: float = 180) -> None:
     deletes, in IPVS mode, the services it does not own: the exclude suite's negative control shows it)."""
     wait_for(
         f"a new kube-proxy on {node.name}, its rules synced",
-        lambda: kube_proxy_pid(node) not in ("", "0", old_pid) and kube_proxy_syncs(node) >= 1,
+        lambda: kube_proxy_pid(node) not in ("", "0", old_pid) and synced_both_families(node),
         timeout,
     )
+
+
+def synced_both_families(node: Node) -> bool:
+    """The lab is dual-stack: both of kube-proxy's proxiers have synced at least once."""
+    syncs = kube_proxy_syncs(node)
+    return all(syncs.get(family, 0) >= 1 for family in ("IPv4", "IPv6"))
 
 
 def node_ready_since(name: str, since: float, via: Node | None = None) -> bool:

@@ -212,6 +212,8 @@ def ssh_key() -> Path:
 
 def ssh_argv(node: Node | str, *cmd: str) -> list[str]:
     addr = node.addr4 if isinstance(node, Node) else node
+    # The emulated node's sshd, busy under a suite's load, has taken over 5 s to send its banner (CI, 2026-12-02).
+    connect_timeout = 30 if isinstance(node, Node) and node.kind == "qemu" else 5
     return [
         "ip",
         "netns",
@@ -229,7 +231,7 @@ def ssh_argv(node: Node | str, *cmd: str) -> list[str]:
         "-o",
         "LogLevel=ERROR",
         "-o",
-        "ConnectTimeout=5",
+        f"ConnectTimeout={connect_timeout}",
         f"root@{addr}",
         *cmd,
     ]
@@ -939,6 +941,9 @@ def write_inventory(nodes: list[Node]) -> Path:
                     f"          kubeha_lab_addr6: {n.addr6}",
                     f"          kubeha_lab_kind: {n.kind}",
                 ]
+                if n.kind == "qemu":
+                    # The emulated node's sshd can be slow to answer under load (ssh_argv says the same).
+                    lines.append("          ansible_timeout: 30")
                 if n.kind == "qemu" and flavour() == "kubeadm":
                     # Software emulation with kubelet, containerd and a kube-proxy pod beside the guard: a TLS probe
                     # took 1.09-1.20 s while an Ansible run was busy there, past the 1 s default (README, The lab).

@@ -46,6 +46,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     rollout_restart,
     update_with_retry,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import KubeconfigError, select
 from ansible_collections.kubeha.apiserver.plugins.module_utils._san import (
     SanError,
     dns_name_problem,
@@ -317,31 +318,28 @@ def _render_scalar(value: str, style: str | None) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _server_node(root: Any, what: str) -> tuple[Any, int]:
+def _server_node(text: Any, what: str) -> tuple[Any, int]:
     """The scalar node of the server of the kubeconfig's cluster, and that cluster's index in ``clusters``.
 
-    The cluster is the one of the current context when there is one (kube-proxy's kubeconfig), else
-    the first (cluster-info, whose current-context is empty, as kubeadm's discovery reads it).
+    The cluster is the one ``_kubeconfig.select`` picks: the current context's (kube-proxy's kubeconfig), else
+    the only one (cluster-info, whose current-context is empty, as kubeadm's discovery reads it).
     """
     yaml = import_yaml()
+    root = _compose(text, what)
     clusters = _member(root, "clusters")
     if clusters is None or not isinstance(clusters[1], yaml.SequenceNode) or not clusters[1].value:
         raise ClusterEndpointError(f"{what} has no clusters")
-    index = 0
-    current = _member(root, "current-context")
-    contexts = _member(root, "contexts")
-    if current and isinstance(current[1], yaml.ScalarNode) and current[1].value and contexts:
-        wanted = None
-        for entry in contexts[1].value if isinstance(contexts[1], yaml.SequenceNode) else []:
-            name = _member(entry, "name")
-            context = _member(entry, "context")
-            if name and context and name[1].value == current[1].value:
-                cluster = _member(context[1], "cluster")
-                wanted = cluster[1].value if cluster else None
-        for i, entry in enumerate(clusters[1].value):
-            name = _member(entry, "name")
-            if wanted is not None and name and name[1].value == wanted:
-                index = i
+    # The selection reads the parsed document; the index finds the same entry among the nodes, to edit in place.
+    try:
+        doc = _load(text)
+    except yaml.YAMLError as exc:
+        raise ClusterEndpointError(f"{what} is not valid YAML: {exc}") from exc
+    try:
+        index = select(doc, what, require_user=False, allow_no_context=True).cluster_index
+    except KubeconfigError as exc:
+        raise ClusterEndpointError(str(exc)) from exc
+    if index >= len(clusters[1].value):  # a second top-level clusters key: the parse and the nodes disagree
+        raise ClusterEndpointError(f"{what}: clusters is not laid out in a way this module can edit")
     entry = clusters[1].value[index]
     cluster = _member(entry, "cluster")
     server = _member(cluster[1], "server") if cluster else None
@@ -362,13 +360,13 @@ def _server_node(root: Any, what: str) -> tuple[Any, int]:
 
 def kubeconfig_server(text: Any, what: str = "the kubeconfig") -> str:
     """The server of the kubeconfig text (see ``_server_node`` for which cluster)."""
-    node, _index = _server_node(_compose(text, what), what)
+    node, _index = _server_node(text, what)
     return str(node.value)
 
 
 def set_server(text: str, server: str, what: str = "the kubeconfig") -> str:
     """``text`` with only the characters of the server's value replaced; verified by parsing it again."""
-    node, index = _server_node(_compose(text, what), what)
+    node, index = _server_node(text, what)
     if node.value == server:
         return text
     expected = _load(text)

@@ -29,6 +29,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
+    KubeconfigError,
+    referenced_files,
+    select,
+)
+
 USER_AGENT = "kubeha.apiserver"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -93,34 +99,11 @@ class Credentials:
     insecure: bool = False
 
 
-def _named(doc: Mapping[str, Any], section: str, name: str, inner: str, path: str) -> dict[str, Any]:
-    """``doc[section]`` is a list of ``{name: ..., <inner>: {...}}``: the ``inner`` mapping of ``name``."""
-    entries = doc.get(section) or []
-    if not isinstance(entries, list):
-        raise KubeAPIError(f"{path}: {section} is not a list")
-    names = []
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            continue
-        names.append(str(entry.get("name")))
-        if entry.get("name") == name:
-            value = entry.get(inner)
-            if value is None:
-                return {}
-            if not isinstance(value, Mapping):
-                raise KubeAPIError(f"{path}: {section} entry {name!r} has a {inner} that is not a mapping")
-            return dict(value)
-    known = ", ".join(names) if names else "none"
-    raise KubeAPIError(f"{path}: {inner} {name!r} is not defined in {section} (defined: {known})")
+def _material(path: str, where: str, entry: Mapping[str, Any], key: str, files: Mapping[str, str]) -> bytes | None:
+    """The bytes of ``<key>-data`` (base64) or of the file ``<key>``; ``None`` when neither is set.
 
-
-def _resolve(path: str, value: str) -> str:
-    """A file named in a kubeconfig: relative paths are relative to the kubeconfig's directory."""
-    return value if os.path.isabs(value) else os.path.join(os.path.dirname(os.path.abspath(path)), value)
-
-
-def _material(path: str, where: str, entry: Mapping[str, Any], key: str) -> bytes | None:
-    """The bytes of ``<key>-data`` (base64) or of the file ``<key>``; ``None`` when neither is set."""
+    ``files`` holds the entry's file names resolved against the kubeconfig's directory (``referenced_files``).
+    """
     data = entry.get(f"{key}-data")
     if data:
         if not isinstance(data, str):
@@ -129,11 +112,8 @@ def _material(path: str, where: str, entry: Mapping[str, Any], key: str) -> byte
             return base64.b64decode("".join(data.split()), validate=True)
         except ValueError as exc:
             raise KubeAPIError(f"{path}: {where}.{key}-data is not valid base64") from exc
-    filename = entry.get(key)
-    if filename:
-        if not isinstance(filename, str):
-            raise KubeAPIError(f"{path}: {where}.{key} is not a file name")
-        full = _resolve(path, filename)
+    full = files.get(key)
+    if full:
         try:
             with open(full, "rb") as handle:
                 return handle.read()
@@ -145,6 +125,7 @@ def _material(path: str, where: str, entry: Mapping[str, Any], key: str) -> byte
 def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
     """The credentials of ``context`` (default: ``current-context``) in the kubeconfig file ``path``.
 
+    The context, its cluster and its user are the ones ``_kubeconfig.select`` picks (a name used twice is refused).
     Supports a client certificate and key (``client-certificate-data``/``client-key-data`` or file
     paths) and bearer tokens (``token`` or ``tokenFile``), the CA as ``certificate-authority-data`` or
     a file, and ``insecure-skip-tls-verify``. Credential plugins (``exec``, ``auth-provider``), basic
@@ -161,23 +142,14 @@ def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise KubeAPIError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(doc, Mapping):
-        raise KubeAPIError(f"{path} is not a kubeconfig: a YAML mapping with clusters, contexts and users is expected")
+    try:
+        selection = select(doc, path, context)
+        files = referenced_files(selection)
+    except KubeconfigError as exc:
+        raise KubeAPIError(str(exc)) from exc
+    cluster, user = selection.cluster, selection.user or {}
 
-    name = context or doc.get("current-context")
-    if not name:
-        raise KubeAPIError(f"{path}: no context was given and current-context is not set")
-    ctx = _named(doc, "contexts", str(name), "context", path)
-    cluster_name = ctx.get("cluster")
-    user_name = ctx.get("user")
-    if not cluster_name:
-        raise KubeAPIError(f"{path}: context {name!r} has no cluster")
-    if not user_name:
-        raise KubeAPIError(f"{path}: context {name!r} has no user")
-    cluster = _named(doc, "clusters", str(cluster_name), "cluster", path)
-    user = _named(doc, "users", str(user_name), "user", path)
-
-    where = f"clusters[{cluster_name}]"
+    where = f"clusters[{selection.cluster_name}]"
     server = cluster.get("server")
     if not server or not isinstance(server, str):
         raise KubeAPIError(f"{path}: {where} has no server")
@@ -187,9 +159,9 @@ def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
         if cluster.get(unsupported):
             raise KubeAPIError(f"{path}: {where}.{unsupported} is not supported by this module")
     insecure = cluster.get("insecure-skip-tls-verify") is True
-    ca_data = _material(path, where, cluster, "certificate-authority")
+    ca_data = _material(path, where, cluster, "certificate-authority", files)
 
-    where = f"users[{user_name}]"
+    where = f"users[{selection.user_name}]"
     for plugin in ("exec", "auth-provider"):
         if user.get(plugin):
             raise KubeAPIError(
@@ -198,16 +170,15 @@ def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
             )
     if user.get("username") or user.get("password"):
         raise KubeAPIError(f"{path}: {where} uses basic authentication, which Kubernetes no longer supports")
-    client_cert = _material(path, where, user, "client-certificate")
-    client_key = _material(path, where, user, "client-key")
+    client_cert = _material(path, where, user, "client-certificate", files)
+    client_key = _material(path, where, user, "client-key", files)
     if client_cert and not client_key:
         raise KubeAPIError(f"{path}: {where} has a client certificate but no client-key-data or client-key")
     if client_key and not client_cert:
         raise KubeAPIError(f"{path}: {where} has a client key but no client-certificate-data or client-certificate")
     token = user.get("token")
-    token_file = user.get("tokenFile")
-    if not token and token_file:
-        full = _resolve(path, str(token_file))
+    full = files.get("tokenFile")
+    if not token and full:
         try:
             with open(full, encoding="utf-8") as handle:
                 token = handle.read().strip()

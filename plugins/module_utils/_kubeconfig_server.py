@@ -35,6 +35,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint
     set_server,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError, import_yaml
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import KubeconfigError, select
 
 STATES = ("present", "absent")
 ORIGINAL_SUFFIX = ".kubeha-orig"
@@ -67,25 +68,6 @@ class Layout:
     server: str
 
 
-def _entries(doc: Mapping[str, Any], section: str, path: str) -> list[Mapping[str, Any]]:
-    entries = doc.get(section)
-    if entries is None:
-        return []
-    if not isinstance(entries, list):
-        raise KubeconfigServerError(f"{path} is not a valid kubeconfig: {section} is not a list")
-    return [entry for entry in entries if isinstance(entry, Mapping)]
-
-
-def _one(entries: list[Mapping[str, Any]], name: str, section: str, path: str) -> Mapping[str, Any]:
-    found = [entry for entry in entries if entry.get("name") == name]
-    if not found:
-        known = ", ".join(str(entry.get("name")) for entry in entries) or "none"
-        raise KubeconfigServerError(f"{path}: {section} has no entry named {name!r} (defined: {known})")
-    if len(found) > 1:
-        raise KubeconfigServerError(f"{path}: {section} has {len(found)} entries named {name!r}; which one is meant?")
-    return found[0]
-
-
 def inspect(text: str, path: str) -> Layout:
     """The current context's cluster, user and server; ``KubeconfigServerError`` naming what is wrong."""
     yaml = import_yaml()
@@ -102,15 +84,14 @@ def inspect(text: str, path: str) -> Layout:
         raise KubeconfigServerError(
             f"{path} has no current-context: the server to change is the one of the cluster the current context uses"
         )
-    context = _one(_entries(doc, "contexts", path), current, "contexts", path).get("context")
-    if not isinstance(context, Mapping) or not context.get("cluster"):
-        raise KubeconfigServerError(f"{path}: context {current!r} names no cluster")
-    cluster_name = str(context["cluster"])
-    cluster = _one(_entries(doc, "clusters", path), cluster_name, "clusters", path).get("cluster")
-    server = cluster.get("server") if isinstance(cluster, Mapping) else None
+    try:
+        selection = select(doc, path, require_user=False)
+    except KubeconfigError as exc:
+        raise KubeconfigServerError(str(exc)) from exc
+    server = selection.cluster.get("server")
     if not server or not isinstance(server, str):
-        raise KubeconfigServerError(f"{path}: cluster {cluster_name!r} has no server")
-    return Layout(context=current, cluster=cluster_name, user=str(context.get("user") or ""), server=server)
+        raise KubeconfigServerError(f"{path}: cluster {selection.cluster_name!r} has no server")
+    return Layout(context=current, cluster=selection.cluster_name, user=selection.user_name, server=server)
 
 
 def same_server(current: str, wanted: str) -> bool:

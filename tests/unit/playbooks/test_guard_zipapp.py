@@ -56,7 +56,15 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         names = archive.namelist()
         modules = sorted(n.removeprefix(PREFIX) for n in names if n.startswith(PREFIX) and n != PREFIX + "__init__.py")
         assert archive.read(PREFIX + "_guard.py") == (MODULE_UTILS / "_guard.py").read_bytes()
-    assert modules == ["_endpoint.py", "_guard.py", "_ipvs.py", "_kernel.py", "_kubeapi.py", "_proxy.py"]
+    assert modules == [
+        "_endpoint.py",
+        "_guard.py",
+        "_ipvs.py",
+        "_kernel.py",
+        "_kubeapi.py",
+        "_kubeconfig.py",
+        "_proxy.py",
+    ]
     assert "__main__.py" in names and names == sorted(names)
     # Nothing of the modules' side (AnsibleModule) rides along: the guard never imports ansible.
     assert not [n for n in names if n.startswith("ansible/")]

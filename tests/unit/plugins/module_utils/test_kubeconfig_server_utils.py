@@ -123,8 +123,8 @@ def test_inspect_names_the_current_contexts_cluster_user_and_server() -> None:
         ("just a string\n", "kubelet.conf is not a kubeconfig: a YAML mapping"),
         ("apiVersion: v1\nkind: Pod\n", "kubelet.conf is not a kubeconfig"),
         (KUBELET.replace("current-context: system:node:w1@kubeha-lab\n", ""), "kubelet.conf has no current-context"),
-        (KUBELET.replace("current-context: system:node:w1@", "current-context: x@"), "no entry named 'x@kubeha-lab'"),
-        (KUBELET.replace("    cluster: kubeha-lab\n", "    cluster: other\n"), "clusters has no entry named 'other'"),
+        (KUBELET.replace("current-context: system:node:w1@", "current-context: x@"), "'x@kubeha-lab' is not defined"),
+        (KUBELET.replace("    cluster: kubeha-lab\n", "    cluster: other\n"), "cluster 'other' is not defined"),
         (KUBELET.replace(f"    server: {OLD}\n", ""), "cluster 'kubeha-lab' has no server"),
         ("clusters: 3\ncontexts:\n- {name: c, context: {cluster: x}}\ncurrent-context: c\n", "clusters is not a list"),
         (

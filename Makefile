@@ -77,16 +77,20 @@ test-kubeadm-lab: lab-build
 
 # make test runs each lab suite on one flavour (README, The lab): every collection suite on the binary flavour, then
 # on the kubeadm flavour its acceptance and a new worker's kubeadm join through its own VIP. Each ends with its lab
-# down (test_zz_down.py). Two suites run in `make test-extended` instead, for time (README, Molecule).
+# down (test_zz_down.py). Three suites and one test run in `make test-extended` instead, for time (README, Time).
+RESET_THEN_SITE := tests/integration/test_local_proxy.py::test_reset_removes_everything_then_site_restores
 BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_apiserver_cert_sans.py \
   tests/integration/test_cluster_endpoint_cluster.py tests/integration/test_discovery_access_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
-  tests/integration/test_local_proxy.py tests/integration/test_local_proxy_day2.py tests/lab/test_zz_down.py
+  tests/integration/test_local_proxy.py tests/lab/test_zz_down.py
 KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_kubeadm_join_through_vip.py \
   tests/lab/test_zz_down.py
-EXTENDED := tests/integration/test_local_proxy_kubeconfigs.py tests/integration/test_molecule_day2.py
+EXTENDED := tests/integration/test_local_proxy_day2.py tests/integration/test_local_proxy_kubeconfigs.py \
+  tests/integration/test_molecule_day2.py
+# make test-extended starts from the drills' install (molecule default), for reset-then-site and the day-2 suite.
+EXTENDED_INSTALL := tests/integration/test_local_proxy.py::test_every_guard_discovers_the_masters_and_needs_the_grant_to
 test: lint sanity lab-build
-	$(BIN)/pytest tests/unit $(BINARY_SUITE) -q -p no:cacheprovider --durations=40
+	$(BIN)/pytest tests/unit $(BINARY_SUITE) --deselect $(RESET_THEN_SITE) -q -p no:cacheprovider --durations=40
 	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_SUITE) -q -p no:cacheprovider --durations=10
 
 # The collection's lab suites on the kubeadm flavour, by hand (README, The kubeadm flavour): not in make test yet.
@@ -98,10 +102,12 @@ KUBEADM_COLLECTION_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test
 test-kubeadm: lab-build
 	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_COLLECTION_SUITE) -q -p no:cacheprovider --durations=40
 
-# The kubeconfig switch suite (refusal, check mode, present, rollback, absent byte for byte) and the molecule day2
-# scenario (a fourth master joins, then leaves), on a lab with site.yml applied (the suite applies it), then lab down.
+# The molecule install with reset-then-site and the day-2 suite, then the kubeconfig switch suite (refusal, check mode,
+# present, rollback, absent byte for byte) and the molecule day2 scenario (a fourth master joins, then leaves), then
+# lab down.
 test-extended: lab-build
-	$(BIN)/pytest tests/lab/test_lab.py $(EXTENDED) tests/lab/test_zz_down.py -q -p no:cacheprovider --durations=20
+	$(BIN)/pytest tests/lab/test_lab.py $(EXTENDED_INSTALL) $(RESET_THEN_SITE) $(EXTENDED) tests/lab/test_zz_down.py -q -p no:cacheprovider \
+	  --durations=20
 
 # The collection on the previous Kubernetes minor (K8S_VERSION_PREVIOUS in tests/lab/versions.env): a new lab of
 # that release, its acceptance (the apiservers answer that version), the molecule default scenario (site.yml,

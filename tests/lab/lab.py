@@ -831,10 +831,10 @@ def wait_for_kube_proxy(node: Node, old_pid: str, timeout: float = 180) -> None:
     )
 
 
-def synced_both_families(node: Node) -> bool:
-    """The lab is dual-stack: both of kube-proxy's proxiers have synced at least once."""
+def synced_both_families(node: Node, times: int = 1) -> bool:
+    """The lab is dual-stack: both of kube-proxy's proxiers have synced at least `times` times."""
     syncs = kube_proxy_syncs(node)
-    return all(syncs.get(family, 0) >= 1 for family in ("IPv4", "IPv6"))
+    return all(syncs.get(family, 0) >= times for family in ("IPv4", "IPv6"))
 
 
 def node_ready_since(name: str, since: float, via: Node | None = None) -> bool:

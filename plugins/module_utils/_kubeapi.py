@@ -14,6 +14,7 @@ Everything here raises ``KubeAPIError`` with a message meant for the user as is.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import http.client
 import json
@@ -25,7 +26,7 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,14 +123,19 @@ def _material(path: str, where: str, entry: Mapping[str, Any], key: str, files: 
     return None
 
 
-def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
+# The modules' option that lets a kubeconfig reach an apiserver it does not verify (doc fragment kubeconfig_security).
+KUBECONFIG_SECURITY_SPEC: dict[str, dict[str, Any]] = {"allow_insecure": {"type": "bool", "default": False}}
+
+
+def load_kubeconfig(path: str, context: str | None = None, *, allow_insecure: bool = False) -> Credentials:
     """The credentials of ``context`` (default: ``current-context``) in the kubeconfig file ``path``.
 
     The context, its cluster and its user are the ones ``_kubeconfig.select`` picks (a name used twice is refused).
     Supports a client certificate and key (``client-certificate-data``/``client-key-data`` or file
     paths) and bearer tokens (``token`` or ``tokenFile``), the CA as ``certificate-authority-data`` or
-    a file, and ``insecure-skip-tls-verify``. Credential plugins (``exec``, ``auth-provider``), basic
-    auth, ``proxy-url`` and ``tls-server-name`` are refused with a clear error.
+    a file. An ``http://`` server, ``insecure-skip-tls-verify`` or a cluster without a CA is refused unless
+    ``allow_insecure``: the credentials would go to whoever answers. Credential plugins (``exec``,
+    ``auth-provider``), basic auth, ``proxy-url`` and ``tls-server-name`` are refused with a clear error.
     """
     yaml = import_yaml()
     try:
@@ -160,6 +166,21 @@ def load_kubeconfig(path: str, context: str | None = None) -> Credentials:
             raise KubeAPIError(f"{path}: {where}.{unsupported} is not supported by this module")
     insecure = cluster.get("insecure-skip-tls-verify") is True
     ca_data = _material(path, where, cluster, "certificate-authority", files)
+    if not allow_insecure:
+        unverified = (
+            f"{where}.server {server!r} is plain HTTP"
+            if urllib.parse.urlsplit(server).scheme == "http"
+            else f"{where} sets insecure-skip-tls-verify"
+            if insecure
+            else f"{where} has no certificate-authority-data or certificate-authority"
+            if not ca_data
+            else ""
+        )
+        if unverified:
+            raise KubeAPIError(
+                f"{path}: {unverified}: the apiserver could not be verified, so its credentials would go to whoever "
+                "answers; refused (allow_insecure: true accepts it)"
+            )
 
     where = f"users[{selection.user_name}]"
     for plugin in ("exec", "auth-provider"):
@@ -269,20 +290,48 @@ def _no_password() -> bytes:
     raise KubeAPIError("the client key is encrypted, which is not supported")
 
 
+@contextlib.contextmanager
+def memory_files(*contents: bytes) -> Iterator[list[str]]:
+    """File names ``ssl`` can open for ``contents`` (``load_cert_chain`` takes only names), for the ``with`` block.
+
+    On Linux each is an anonymous memory file (``memfd_create``) named by its ``/proc/self/fd`` path: a private key
+    never reaches a disk or a directory another process could list. Elsewhere (a controller that is not Linux) a
+    private temporary directory (mode 0700, files 0600), removed when the block ends.
+    """
+    if hasattr(os, "memfd_create"):
+        opened: list[int] = []
+        try:
+            for data in contents:
+                fd = os.memfd_create("kubeha-credential", os.MFD_CLOEXEC)
+                opened.append(fd)
+                os.write(fd, data)
+            yield [f"/proc/self/fd/{fd}" for fd in opened]
+        finally:
+            for fd in opened:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="kubeha-kubeapi-") as directory:
+        names = []
+        for index, data in enumerate(contents):
+            name = os.path.join(directory, str(index))
+            with os.fdopen(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+                handle.write(data)
+            names.append(name)
+        yield names
+
+
 class KubeClient:
     """JSON requests to one apiserver. Use as a context manager, or call ``close()``.
 
-    The client certificate and key are written (mode 0600) into a private temporary directory only
-    long enough for ``ssl`` to load them, since ``SSLContext.load_cert_chain`` takes file names; the
-    directory is removed right after, and in any case when the client is closed. Proxy variables of
-    the environment are ignored: the apiserver is always reached directly.
+    The client certificate and key reach ``ssl`` through ``memory_files``: no file on a disk ever holds the key
+    (the guard builds a client at every discovery call). Proxy variables of the environment are ignored: the
+    apiserver is always reached directly.
     """
 
     def __init__(self, credentials: Credentials, timeout: float = 10, server_override: str | None = None) -> None:
         self.credentials = credentials
         self.server = (server_override or credentials.server).rstrip("/")
         self.timeout = timeout
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         handlers: list[Any] = [urllib.request.ProxyHandler({})]
         if urllib.parse.urlsplit(self.server).scheme == "https":
             handlers.append(urllib.request.HTTPSHandler(context=self._ssl_context()))
@@ -295,9 +344,7 @@ class KubeClient:
         self.close()
 
     def close(self) -> None:
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
+        """Nothing is held between requests (each opens its own connection); kept for the ``with`` statement."""
 
     def _ssl_context(self) -> ssl.SSLContext:
         creds = self.credentials
@@ -314,25 +361,12 @@ class KubeClient:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if creds.client_cert and creds.client_key:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="kubeha-kubeapi-")
             try:
-                cert = self._write_private("client.crt", creds.client_cert)
-                key = self._write_private("client.key", creds.client_key)
-                context.load_cert_chain(cert, key, password=_no_password)
+                with memory_files(creds.client_cert, creds.client_key) as (cert, key):
+                    context.load_cert_chain(cert, key, password=_no_password)
             except ssl.SSLError as exc:
                 raise KubeAPIError(f"{creds.source}: the client certificate or key is not valid: {exc}") from exc
-            finally:
-                self.close()  # the key is in the context now: no need to keep it on disk
         return context
-
-    def _write_private(self, name: str, data: bytes) -> str:
-        if self._tmpdir is None:
-            raise KubeAPIError("internal error: no private directory for the client certificate")
-        path = os.path.join(self._tmpdir.name, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        return path
 
     # The one method that performs I/O (replaced in unit tests).
     def _send(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, str]:

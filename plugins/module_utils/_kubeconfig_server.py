@@ -46,7 +46,15 @@ REVIEW_PATHS = (
 REDACTED = "<redacted by kubeha.apiserver.kubeconfig_server>"
 # Keys of a kubeconfig whose value is a secret: never shown in a diff.
 SECRET_KEYS = frozenset({"client-key-data", "token", "password"})
-_SECRET_LINE = re.compile(r"^([ \t]*(?:-[ \t]+)?(?:client-key-data|token|password)[ \t]*:[ \t]*)(\S[^\r\n]*)$", re.M)
+# Credential plugins: the parts of their settings that carry secrets (auth-provider's config holds id-token,
+# refresh-token, client-secret; exec's args and env hold whatever the plugin is given). Every scalar under them goes.
+SECRET_PARTS = {"auth-provider": frozenset({"config"}), "exec": frozenset({"args", "env"})}
+# Not YAML: the block-style lines of the secret keys, and of the names auth-provider configs use.
+_SECRET_LINE = re.compile(
+    r"^([ \t]*(?:-[ \t]+)?(?:client-key-data|token|password|id-token|refresh-token|access-token|client-secret)"
+    r"[ \t]*:[ \t]*)(\S[^\r\n]*)$",
+    re.M,
+)
 
 
 class KubeconfigServerError(Exception):
@@ -114,24 +122,35 @@ def edit(text: str, server: str, path: str) -> str:
     return new_text
 
 
-def _secret_spans(node: Any, yaml: Any) -> list[tuple[int, int]]:
-    """Character spans of the values of secret keys anywhere under ``node``."""
+def _secret_spans(node: Any, yaml: Any, secret: bool = False) -> list[tuple[int, int]]:
+    """Character spans of the secret scalars anywhere under ``node`` (all of them when ``secret``)."""
+    if isinstance(node, yaml.ScalarNode):
+        return (
+            [(node.start_mark.index, node.end_mark.index)]
+            if secret and node.end_mark.index > node.start_mark.index
+            else []
+        )
     spans: list[tuple[int, int]] = []
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value in SECRET_KEYS and isinstance(value, yaml.ScalarNode):
-                if value.end_mark.index > value.start_mark.index:
-                    spans.append((value.start_mark.index, value.end_mark.index))
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if secret or name in SECRET_KEYS:
+                spans.extend(_secret_spans(value, yaml, True))
+            elif name in SECRET_PARTS and isinstance(value, yaml.MappingNode):
+                for part, inner in value.value:
+                    hidden = isinstance(part, yaml.ScalarNode) and part.value in SECRET_PARTS[name]
+                    spans.extend(_secret_spans(inner, yaml, hidden))
             else:
                 spans.extend(_secret_spans(value, yaml))
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            spans.extend(_secret_spans(item, yaml))
+            spans.extend(_secret_spans(item, yaml, secret))
     return spans
 
 
 def redact(text: str) -> str:
-    """The text with the values of secret keys (client-key-data, token, password) replaced, for diffs."""
+    """The text with every secret value replaced, for diffs: client-key-data, token, password, and the settings of
+    credential plugins (``auth-provider`` config, ``exec`` args and env)."""
     yaml = import_yaml()
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

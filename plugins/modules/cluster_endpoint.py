@@ -38,6 +38,8 @@ description:
     file (a client certificate or a bearer token).
 author:
   - kubeha.apiserver developers (!UNKNOWN)
+extends_documentation_fragment:
+  - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
 attributes:
@@ -273,6 +275,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint
     run,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
+    KUBECONFIG_SECURITY_SPEC,
     KubeAPIError,
     KubeClient,
     MissingLibraryError,
@@ -289,12 +292,13 @@ ARGUMENT_SPEC = {
     "restart_kube_proxy": {"type": "str", "default": ""},
     "timeout": {"type": "int", "default": 120},
     "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
+    **KUBECONFIG_SECURITY_SPEC,
 }
 
 
-def make_client(kubeconfig: str) -> KubeClient:
+def make_client(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
     """The apiserver client (replaced by a fake in unit tests)."""
-    return KubeClient(load_kubeconfig(kubeconfig))
+    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
 
 
 def main() -> None:
@@ -304,7 +308,11 @@ def main() -> None:
         supports_check_mode=True,
     )
     try:
-        outcome = run(module.params, lambda: make_client(module.params["kubeconfig"]), module.check_mode)
+        outcome = run(
+            module.params,
+            lambda: make_client(module.params["kubeconfig"], module.params["allow_insecure"]),
+            module.check_mode,
+        )
     except MissingLibraryError as exc:
         module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
     except AfterChangeError as exc:

@@ -32,6 +32,8 @@ description:
     C(kubeha.apiserver.kubeconfig_endpoint) role restarts the unit, verifies again and rolls back).
 author:
   - kubeha.apiserver developers (!UNKNOWN)
+extends_documentation_fragment:
+  - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
 attributes:
@@ -192,6 +194,7 @@ original_file:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
+    KUBECONFIG_SECURITY_SPEC,
     KubeClient,
     MissingLibraryError,
     load_kubeconfig,
@@ -210,6 +213,7 @@ ARGUMENT_SPEC = {
     "verify_always": {"type": "bool", "default": False},
     "backup": {"type": "bool", "default": True},
     "timeout": {"type": "int", "default": 10},
+    **KUBECONFIG_SECURITY_SPEC,
 }
 
 
@@ -226,9 +230,9 @@ class ModuleFiles(Files):
         self.module.atomic_move(src, dest)
 
 
-def make_client(path: str, server: str, timeout: int) -> KubeClient:
+def make_client(path: str, server: str, timeout: int, allow_insecure: bool = False) -> KubeClient:
     """A client with the credentials of the kubeconfig ``path``, sent to ``server`` (replaced in unit tests)."""
-    return KubeClient(load_kubeconfig(path), timeout=timeout, server_override=server)
+    return KubeClient(load_kubeconfig(path, allow_insecure=allow_insecure), timeout=timeout, server_override=server)
 
 
 def main() -> None:
@@ -245,7 +249,7 @@ def main() -> None:
     try:
         outcome = run(
             params,
-            lambda path, server: make_client(path, server, params["timeout"]),
+            lambda path, server: make_client(path, server, params["timeout"], params["allow_insecure"]),
             module.check_mode,
             ModuleFiles(module),
         )

@@ -26,6 +26,8 @@ description:
     kubeconfig file (a client certificate or a bearer token).
 author:
   - kubeha.apiserver developers (!UNKNOWN)
+extends_documentation_fragment:
+  - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
 attributes:
@@ -169,6 +171,7 @@ restarted:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
+    KUBECONFIG_SECURITY_SPEC,
     KubeAPIError,
     KubeClient,
     MissingLibraryError,
@@ -191,18 +194,23 @@ ARGUMENT_SPEC = {
     "daemonset": {"type": "str", "default": "kube-proxy"},
     "wait": {"type": "bool", "default": False},
     "wait_timeout": {"type": "int", "default": 300},
+    **KUBECONFIG_SECURITY_SPEC,
 }
 
 
-def make_client(kubeconfig: str) -> KubeClient:
+def make_client(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
     """The apiserver client (replaced by a fake in unit tests)."""
-    return KubeClient(load_kubeconfig(kubeconfig))
+    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        outcome = run(module.params, lambda: make_client(module.params["kubeconfig"]), module.check_mode)
+        outcome = run(
+            module.params,
+            lambda: make_client(module.params["kubeconfig"], module.params["allow_insecure"]),
+            module.check_mode,
+        )
     except MissingLibraryError as exc:
         module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
     except RestartError as exc:

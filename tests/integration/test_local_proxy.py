@@ -7,6 +7,7 @@ site.yml, and leaves the proxy installed for the day-2 suite and the lab's last 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -92,6 +93,90 @@ def serves_name(master, name: str = VIP4) -> bool:
 def test_every_master_serves_a_certificate_for_the_vip(installed, masters):
     # molecule's verify reads the certificate files; this asks each running apiserver what it serves.
     assert [m.name for m in masters if not serves_name(m)] == []
+
+
+def test_a_preflight_failing_on_some_hosts_stops_every_host(installed, nodes, masters):
+    # A metrics address only the first master has: preflight passes there and fails on every other node. The real
+    # site.yml must stop before any later play, on the first master too (its guard.json would change: the address is
+    # in it). The negative control of the keyword that does it is in tests/unit/playbooks (a later play does run).
+    first = masters[0]
+    before = labmod.ssh(first, "sha256sum /etc/kubeha-apiserver/guard.json").stdout
+    run = site("-e", f"local_proxy_metrics_address={first.addr4}")
+    assert run.returncode != 0, run.stdout[-3000:]
+    refused = sorted(name for name in nodes if name != first.name)
+    assert sorted(set(re.findall(r"^fatal: \[(\w+)\]", run.stdout, re.M))) == refused, run.stdout[-4000:]
+    assert f"metrics address {first.addr4}" in run.stdout, run.stdout[-3000:]
+    assert "PLAY [Keep kube-proxy" not in run.stdout, run.stdout[-3000:]  # the first play that changes anything
+    assert labmod.ssh(first, "sha256sum /etc/kubeha-apiserver/guard.json").stdout == before
+
+
+# The role's client step alone, at -vvv, on every node (after the install it changes nothing). The negative control
+# runs the step as it was before kubeconfig_client_cert (the kubeconfig read into Ansible, its user taken there),
+# plus a read of the key file a kubeconfig may name instead (kubeadm's kubelet.conf): tasks that do hold a key.
+CLIENT_STEP = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: kubeha.apiserver.local_proxy
+        tasks_from: client.yml
+      vars:
+        local_proxy_python: "{{ local_proxy_prefix }}/venv/bin/python"
+"""
+CLIENT_STEP_BEFORE = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.slurp:
+        src: /etc/kubernetes/kubelet.conf
+      register: raw
+    - ansible.builtin.set_fact:
+        user: "{{ (raw.content | b64decode | from_yaml).users[0].user }}"
+    - ansible.builtin.command: cat {{ user['client-key'] }}
+      when: "'client-key' in user"
+      changed_when: false
+"""
+
+
+def client_key_texts(node) -> list[str]:
+    """What would give the node's kubelet key away: client-key-data as the kubeconfig holds it (base64) and the
+    lines of the PEM key, from the embedded data or the file kubelet.conf names."""
+    import yaml  # the project's virtualenv has it
+
+    doc = yaml.safe_load(labmod.ssh(node, "cat /etc/kubernetes/kubelet.conf").stdout)
+    context = next(c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"])
+    user = next(u["user"] for u in doc["users"] if u["name"] == context["user"])
+    if user.get("client-key-data"):
+        data = user["client-key-data"]
+        pem = base64.b64decode(data).decode()
+        texts = [data[:60]]
+    else:
+        pem = labmod.ssh(node, f"cat {shlex.quote(user['client-key'])}").stdout
+        texts = []
+    body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    assert body, f"{node.name}: no key found in kubelet.conf"
+    return texts + body
+
+
+def test_no_verbosity_shows_a_nodes_client_key(installed, nodes, tmp_path):
+    # The probes' certificate is found on the node (kubeconfig_client_cert): -vvv shows every module argument
+    # and result, and none holds a key. Negative control: the step as it was, searched the same way, shows them.
+    keys = {name: client_key_texts(n) for name, n in nodes.items()}
+
+    def leaked(output: str) -> list[str]:
+        return sorted(name for name, texts in keys.items() if any(text in output for text in texts))
+
+    step, before = tmp_path / "client.yml", tmp_path / "client_before.yml"
+    step.write_text(CLIENT_STEP)
+    before.write_text(CLIENT_STEP_BEFORE)
+    run = run_playbook(step, "-vvv")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert not re.search(r"changed=[1-9]", run.stdout), run.stdout[-3000:]  # the install wrote what is needed
+    assert "cert_file" in run.stdout  # the -vvv output does show the module's result
+    assert leaked(run.stdout + run.stderr) == []
+    control = run_playbook(before, "-vvv")
+    assert control.returncode == 0, control.stdout[-4000:] + control.stderr[-2000:]
+    assert leaked(control.stdout + control.stderr) == sorted(keys)
 
 
 def apiserver_pids(masters) -> dict[str, str]:

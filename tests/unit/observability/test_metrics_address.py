@@ -47,7 +47,7 @@ def render_guard_json(**overrides: Any) -> dict[str, Any]:
         local_proxy_vips=[variables["local_proxy_vip4"]],
         local_proxy_preflight={"backends": ["10.0.0.11:6443", "10.0.0.12:6443"]},
         local_proxy_local_addresses=["10.0.0.21"],
-        local_proxy_client_pem="/etc/kubeha-apiserver/client.pem",
+        local_proxy_client={"cert_file": "/etc/kubeha-apiserver/client.pem", "key_file": None},
     )
     variables.update(overrides)
     template = env.from_string((ROLE / "templates" / "guard.json.j2").read_text(encoding="utf-8"))

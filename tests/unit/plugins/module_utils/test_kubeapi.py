@@ -36,6 +36,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     error_for_status,
     import_yaml,
     load_kubeconfig,
+    memory_files,
     rollout_restart,
     update_with_retry,
     wait_daemonset_rollout,
@@ -149,7 +150,7 @@ def test_context_selection(tmp_path: Path) -> None:
         **{"current-context": "a"},
     )
     assert load_kubeconfig(path).server == "https://10.0.0.11:6443"
-    other = load_kubeconfig(path, context="b")
+    other = load_kubeconfig(path, context="b", allow_insecure=True)
     assert other.server == "https://192.0.2.1:6443"
     assert other.insecure is True
     assert other.ca_data is None
@@ -188,6 +189,42 @@ def test_kubeconfig_errors_name_the_file_and_the_field(
     with pytest.raises(KubeAPIError, match=re.escape(message)) as info:
         load_kubeconfig(path)
     assert str(info.value).startswith(path)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        (
+            {**ADMIN_CLUSTER, "server": "http://10.0.0.11:8080"},
+            "clusters[kubernetes].server 'http://10.0.0.11:8080' is plain HTTP",
+        ),
+        ({**ADMIN_CLUSTER, "insecure-skip-tls-verify": True}, "clusters[kubernetes] sets insecure-skip-tls-verify"),
+        (
+            {"server": "https://10.0.0.11:6443"},
+            "clusters[kubernetes] has no certificate-authority-data or certificate-authority",
+        ),
+    ],
+)
+def test_an_apiserver_that_is_not_verified_is_refused_unless_allowed(
+    tmp_path: Path, cluster: dict[str, Any], message: str
+) -> None:
+    path = kubeconfig(tmp_path, cluster, ADMIN_USER)
+    with pytest.raises(KubeAPIError) as info:
+        load_kubeconfig(path)
+    assert str(info.value).startswith(f"{path}: {message}: the apiserver could not be verified")
+    assert "allow_insecure: true" in str(info.value)
+    # Negative control: the explicit option takes the same file, as it is.
+    allowed = load_kubeconfig(path, allow_insecure=True)
+    assert allowed.server == cluster["server"]
+    assert allowed.insecure is bool(cluster.get("insecure-skip-tls-verify"))
+
+
+def test_a_verified_cluster_needs_no_option(tmp_path: Path) -> None:
+    """The refusal is about verification only: the CA as data or as a file both pass by default."""
+    assert load_kubeconfig(kubeconfig(tmp_path, ADMIN_CLUSTER, ADMIN_USER)).ca_data == CA_PEM
+    (tmp_path / "ca.crt").write_bytes(CA_PEM)
+    cluster = {"certificate-authority": "ca.crt", "server": "https://10.0.0.11:6443"}
+    assert load_kubeconfig(kubeconfig(tmp_path, cluster, ADMIN_USER)).ca_data == CA_PEM
 
 
 def test_kubeconfig_file_problems(tmp_path: Path) -> None:
@@ -465,25 +502,42 @@ def self_signed(tmp_path: Path, encrypted: bool = False) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def test_client_certificate_files_are_private_and_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_client_key_never_reaches_a_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard builds a client at every discovery call: its key goes to ssl through memory files only."""
     cert, key = self_signed(tmp_path)
-    written: list[tuple[str, int]] = []
-    original = KubeClient._write_private
-
-    def spy(self: KubeClient, name: str, data: bytes) -> str:
-        path = original(self, name, data)
-        written.append((path, stat.S_IMODE(os.stat(path).st_mode)))
-        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-        return path
-
-    monkeypatch.setattr(KubeClient, "_write_private", spy)
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args, **kw: opened.append(str(path)) or real_open(path, *args, **kw))
     creds = Credentials(server="https://10.0.0.11:6443", source="admin.conf", client_cert=cert, client_key=key)
-    with KubeClient(creds) as kube:
-        assert [mode for _path, mode in written] == [0o600, 0o600]
-        assert not any(os.path.exists(path) for path, _mode in written)  # loaded, then removed at once
-        assert not os.path.exists(os.path.dirname(written[0][0]))
-        assert kube._tmpdir is None
-    kube.close()  # closing twice is harmless
+    with KubeClient(creds):
+        pass
+    assert (opened, list(spool.iterdir())) == ([], [])
+    # Negative control: the watch does see a key written the usual way (the fallback below, for a non-Linux host).
+    monkeypatch.delattr(os, "memfd_create")
+    with KubeClient(creds):
+        pass
+    written = [name for name in opened if os.path.basename(os.path.dirname(name)).startswith("kubeha-kubeapi-")]
+    assert len(written) == 2 and all(name.startswith(str(spool)) for name in written)
+
+
+def test_without_memory_files_the_key_is_private_and_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "memfd_create")
+    with memory_files(b"cert", b"key") as names:
+        assert [Path(name).read_bytes() for name in names] == [b"cert", b"key"]
+        assert [stat.S_IMODE(os.stat(name).st_mode) for name in names] == [0o600, 0o600]
+        assert stat.S_IMODE(os.stat(os.path.dirname(names[0])).st_mode) == 0o700
+    assert not os.path.exists(os.path.dirname(names[0]))
+
+
+def test_memory_files_hold_the_bytes_and_close_after(tmp_path: Path) -> None:
+    with memory_files(b"first", b"second") as names:
+        assert [Path(name).read_bytes() for name in names] == [b"first", b"second"]
+        assert all(name.startswith("/proc/self/fd/") for name in names)
+    assert not any(os.path.exists(name) for name in names)
 
 
 def test_bad_or_encrypted_client_keys_are_reported(tmp_path: Path) -> None:

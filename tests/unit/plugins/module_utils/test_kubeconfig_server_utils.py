@@ -171,6 +171,59 @@ def test_redact_hides_keys_and_tokens_only() -> None:
     assert ks.redact("a: [b\n  token: x\n") == f"a: [b\n  token: {ks.REDACTED}\n"  # not YAML: line by line
 
 
+PLUGINS = """\
+users:
+- name: oidc
+  user:
+    auth-provider:
+      name: oidc
+      config:
+        client-id: kubernetes
+        client-secret: oidc-client-secret
+        id-token: eyJhbGciOiJSUzI1NiJ9.id
+        refresh-token: "refresh-secret"
+        extra-scopes: [groups, "scope-secret"]
+- name: cloud
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: aws-iam-authenticator
+      args: ["token", "-i", "cluster-secret-arg"]
+      env:
+      - {name: AWS_SECRET_ACCESS_KEY, value: env-secret-value}
+      interactiveMode: Never
+"""
+PLUGIN_SECRETS = (
+    "oidc-client-secret",
+    "eyJhbGciOiJSUzI1NiJ9",
+    "refresh-secret",
+    "scope-secret",
+    "cluster-secret-arg",
+    "env-secret-value",
+)
+
+
+def test_redact_hides_the_settings_of_credential_plugins() -> None:
+    shown = ks.redact(PLUGINS)
+    assert [secret for secret in PLUGIN_SECRETS if secret in shown] == []
+    # What identifies the plugin stays readable: its name, command and API version.
+    for public in (
+        "name: oidc",
+        "command: aws-iam-authenticator",
+        "apiVersion: client.authentication.k8s.io/v1",
+        "interactiveMode: Never",
+        "config:",
+        "args:",
+    ):
+        assert public in shown
+    assert shown.count("\n") == PLUGINS.count("\n")
+    # Negative control: the same secrets outside a plugin's settings are not secret keys, and stay.
+    elsewhere = "clusters:\n- name: oidc-client-secret\n  cluster: {server: https://10.0.0.1:6443}\n"
+    assert ks.redact(elsewhere) == elsewhere
+    # Not YAML: the auth-provider names line by line.
+    assert ks.redact("a: [b\n    id-token: x\n") == f"a: [b\n    id-token: {ks.REDACTED}\n"
+
+
 def test_same_server_compares_canonical_forms() -> None:
     assert ks.same_server("HTTPS://169.254.100.1:6444/", VIP)
     assert not ks.same_server(OLD, VIP)

@@ -171,7 +171,7 @@ def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
     fake = FakeAPI()
-    monkeypatch.setattr(cluster_endpoint, "make_client", lambda kubeconfig: fake)
+    monkeypatch.setattr(cluster_endpoint, "make_client", lambda kubeconfig, allow_insecure=False: fake)
     monkeypatch.setattr(ce, "time", FakeTime())
     return fake
 
@@ -391,7 +391,7 @@ def test_api_error_on_read_names_verb_and_object(api: FakeAPI, capsys: pytest.Ca
 
 
 def test_missing_pyyaml_is_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def broken(kubeconfig: str) -> Any:
+    def broken(kubeconfig: str, allow_insecure: bool = False) -> Any:
         raise MissingLibraryError("PyYAML", "Traceback: no module named yaml")
 
     monkeypatch.setattr(cluster_endpoint, "make_client", broken)

@@ -139,7 +139,7 @@ def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     env: dict[str, Any] = {"fake": FakeAPI(), "kubeconfigs": []}
 
-    def make_client(kubeconfig: str) -> FakeAPI:
+    def make_client(kubeconfig: str, allow_insecure: bool = False) -> FakeAPI:
         env["kubeconfigs"].append(kubeconfig)
         return env["fake"]
 
@@ -430,7 +430,7 @@ def test_service_account_subject_gets_the_namespace(api: dict[str, Any], capsys:
 
 
 def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def make_client(kubeconfig: str) -> None:
+    def make_client(kubeconfig: str, allow_insecure: bool = False) -> None:
         raise MissingLibraryError("PyYAML", "Traceback: No module named 'yaml'")
 
     monkeypatch.setattr(discovery_access, "make_client", make_client)

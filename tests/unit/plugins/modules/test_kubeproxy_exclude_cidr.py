@@ -133,7 +133,7 @@ class FakeAPI:
 def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     env: dict[str, Any] = {"fake": FakeAPI(), "kubeconfigs": []}
 
-    def make_client(kubeconfig: str) -> FakeAPI:
+    def make_client(kubeconfig: str, allow_insecure: bool = False) -> FakeAPI:
         env["kubeconfigs"].append(kubeconfig)
         return env["fake"]
 
@@ -352,7 +352,7 @@ def test_other_objects_and_kubeconfig(api: dict[str, Any], capsys: pytest.Captur
 
 
 def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def no_yaml(kubeconfig: str) -> None:
+    def no_yaml(kubeconfig: str, allow_insecure: bool = False) -> None:
         raise MissingLibraryError("PyYAML", "Traceback: ModuleNotFoundError: No module named 'yaml'")
 
     monkeypatch.setattr(kubeproxy_exclude_cidr, "make_client", no_yaml)

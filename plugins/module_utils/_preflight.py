@@ -66,10 +66,28 @@ def _parse_vip(value: str | None, version: int, errors: list[str]) -> Address | 
     if address.version != version:
         errors.append(f"VIP {value!r} is IPv{address.version}, expected an IPv{version} address here")
         return None
-    if address.is_loopback or address.is_multicast or address.is_unspecified:
-        errors.append(f"VIP {value} is a loopback, multicast or unspecified address")
+    unusable = _unusable_vip(address)
+    if unusable:
+        errors.append(f"VIP {value} is {unusable}")
         return None
     return address
+
+
+def _unusable_vip(address: Address) -> str:
+    """Why ``address`` cannot be a node-local VIP, or "" when it can."""
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_loopback:
+        return "a loopback address (the node's own traffic to it never leaves lo, so IPVS would not see it)"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.version == 4 and address == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if address.version == 6 and address.is_link_local:
+        return "an IPv6 link-local address (it needs a zone: which interface is ambiguous)"
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return f"an IPv4-mapped IPv6 address: give the IPv4 address {address.ipv4_mapped} as the IPv4 VIP"
+    return ""
 
 
 def check(
@@ -111,6 +129,13 @@ def check(
         errors.append("no backend shares an address family with the VIPs")
     if len(set(parsed)) != len(parsed):
         errors.append("backends list the same ADDRESS:PORT twice")
+    # The same on every node (the backends are the cluster's), so refused everywhere, not only on that master.
+    errors.extend(
+        f"VIP {v} is the address of the apiserver {format_endpoint(a, bport)}: a VIP must be an address no host has"
+        for v in vips
+        for a, bport in parsed
+        if a == v
+    )
 
     for text in forbidden_ranges:
         try:

@@ -54,6 +54,34 @@ def test_bad_input_names_the_value(vip4, vip6, port, backends, ranges, expected)
         assert any(expected in e for e in verdict.errors), verdict.errors
 
 
+@pytest.mark.parametrize(
+    ("vip4", "vip6", "expected"),
+    [
+        ("0.0.0.0", "", "VIP 0.0.0.0 is the unspecified address"),
+        ("", "::", "VIP :: is the unspecified address"),
+        ("127.0.0.53", "", "VIP 127.0.0.53 is a loopback address"),
+        ("", "::1", "VIP ::1 is a loopback address"),
+        ("224.0.0.1", "", "VIP 224.0.0.1 is a multicast address"),
+        ("", "ff02::1", "VIP ff02::1 is a multicast address"),
+        ("255.255.255.255", "", "VIP 255.255.255.255 is the broadcast address"),
+        ("", "fe80::1", "VIP fe80::1 is an IPv6 link-local address"),
+        ("", "::ffff:169.254.100.1", "give the IPv4 address 169.254.100.1 as the IPv4 VIP"),
+        ("10.88.0.12", "", "VIP 10.88.0.12 is the address of the apiserver 10.88.0.12:6443"),
+        ("", "fd88:88::11", "VIP fd88:88::11 is the address of the apiserver [fd88:88::11]:6443"),
+    ],
+)
+def test_unusable_vips_are_refused_naming_the_reason(vip4, vip6, expected):
+    # A worker's facts: the apiserver's address is not on this node, so only the backend list can tell.
+    verdict = check(vip4, vip6, 6444, BACKENDS, "auto", IPVS_NODE)
+    assert [e for e in verdict.errors if expected in e] != [], verdict.errors
+
+
+def test_negative_control_usable_vips_of_every_kind_pass():
+    """IPv4 link-local (the default), private and ULA addresses are what a VIP should be."""
+    for vip4, vip6 in (("169.254.100.1", "fd6b:6861::1"), ("10.200.0.1", "fd00:1::1"), ("192.0.2.10", "2001:db8::a")):
+        assert check(vip4, vip6, 6444, BACKENDS, "auto", IPVS_NODE).errors == []
+
+
 def test_port_on_every_address_blocks_haproxy():
     node = NodeFacts(interfaces=IPVS_NODE.interfaces, listening=frozenset({("::", 6443)}))
     verdict = check("169.254.100.1", "", 6443, BACKENDS[:1], "auto", node)

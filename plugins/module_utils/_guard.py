@@ -91,6 +91,9 @@ LOG = logging.getLogger("kubeha-apiserver-guard")
 MODES = ("ipvs", "haproxy")
 NFT_TABLE = "kubeha_apiserver"
 STATE_VERSION = 1
+# Backends that left the set whose transition counters are still rendered (the newest ones): bounds the memory churn
+# in discovery could otherwise grow without end.
+DEPARTED_KEPT = 32
 HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round for this many intervals
 RELOAD_RETRY_S = 30.0  # a failed haproxy reload is retried at this pace, not every round
 PLUMBING_RETRY_S = 10.0  # failed (or lost) plumbing is retried at this pace
@@ -1035,6 +1038,8 @@ def render_metrics(snap: MetricsSnapshot) -> str:
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):
     server: MetricsServer
+    # A client that connects and sends nothing (or too slowly) is dropped after this many seconds.
+    timeout = 5.0
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -1057,14 +1062,35 @@ class _MetricsHandler(http.server.BaseHTTPRequestHandler):
         return  # no line per scrape
 
 
-class MetricsServer(http.server.HTTPServer):
-    """``/metrics`` and ``/healthz`` on one address, served by a daemon thread."""
+class MetricsServer(http.server.ThreadingHTTPServer):
+    """``/metrics`` and ``/healthz`` on one address, served by a daemon thread.
+
+    Each connection has a thread of its own and a timeout (``_MetricsHandler.timeout``), so an idle or slow client
+    cannot hold up a scrape or a health check; at most ``MAX_CONNECTIONS`` are served at once, and a connection
+    beyond them is closed at once rather than queued (it bounds the threads a flood can start).
+    """
+
+    daemon_threads = True
+    MAX_CONNECTIONS = 16
 
     def __init__(self, guard: Guard, address: str, port: int) -> None:
         self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.guard = guard
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
         super().__init__((address, port), _MetricsHandler)
         self._thread = threading.Thread(target=self.serve_forever, name="metrics", daemon=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> None:
         self._thread.start()
@@ -1149,6 +1175,7 @@ class Guard:
         self.fail_open_families: set[int] = set()
         self.latency: dict[Backend, float] = {}
         self.transitions: dict[tuple[Backend, str], int] = {}
+        self._departed: dict[Backend, None] = {}  # backends that left, oldest first (an ordered set)
         self.apply_errors = 0
         self.last_reconcile: float | None = None
         self._last_round: float | None = None
@@ -1558,8 +1585,24 @@ class Guard:
         added = [str(b) for b in backends if b not in self.backends]
         removed = [str(b) for b in self.backends if b not in backends]
         LOG.info("backends now %s (added: %s; removed: %s)", ", ".join(map(str, backends)), added, removed)
+        self._forget(departed=[b for b in self.backends if b not in backends], returned=backends)
         self.backends = backends
         self.tracker.retain(backends)
+
+    def _forget(self, departed: Sequence[Backend], returned: Sequence[Backend]) -> None:
+        """What is kept of backends that left: no latency; their transition counters (so a rate over the last flap
+        of a master that left still works) only for the ``DEPARTED_KEPT`` latest, so churn cannot grow memory."""
+        for backend in returned:
+            self._departed.pop(backend, None)
+        for backend in departed:
+            self.latency.pop(backend, None)
+            self._departed.pop(backend, None)
+            self._departed[backend] = None  # the newest last
+        while len(self._departed) > DEPARTED_KEPT:
+            oldest = next(iter(self._departed))
+            del self._departed[oldest]
+            for state in (UP, DOWN):
+                self.transitions.pop((oldest, state), None)
 
     def discover_once(self) -> bool:
         """One discovery; the backend set becomes seeds + discovered. An error keeps the previous set."""

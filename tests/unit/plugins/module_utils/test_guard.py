@@ -12,12 +12,14 @@ trees under ``tmp_path``.
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import logging
 import os
 import socket
 import stat
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -405,6 +407,38 @@ def test_a_vip_without_seeds_of_its_family_is_fine_with_discovery(rig: RigFactor
     r.round()
     assert r.ipvs.weights(VIP6) == {"[fd00::11]:6443": 1, "[fd00::12]:6443": 1}
     assert r.ipvs.weights(VIP4) == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
+
+
+def churn(r: Rig, rounds: int) -> None:
+    """Discovery finds a different extra master every time (a cluster whose masters are replaced over and over)."""
+    for n in range(rounds):
+        r.discovered = frozenset({Backend(f"10.0.{1 + n // 250}.{1 + n % 250}", 6443)})
+        assert r.guard.discover_once()
+        r.round()
+        r.round()  # rise 2: it comes up, so it has a latency and a transition
+
+
+def test_backend_churn_keeps_memory_bounded(rig: RigFactory) -> None:
+    r = rig(client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem", discovery={"enabled": True})
+    r.round()
+    churn(r, 200)
+    current = set(r.guard.backends)
+    assert set(r.guard.latency) <= current
+    departed = {backend for backend, _to in r.guard.transitions} - current
+    assert len(departed) == _guard.DEPARTED_KEPT  # the newest ones keep their counters, for rates over them
+    assert Backend("10.0.1.199", 6443) in departed  # the last to leave (n = 198; n = 199 is the current one)
+    assert Backend("10.0.1.168", 6443) in departed and Backend("10.0.1.167", 6443) not in departed  # 32 newest
+    assert len(r.guard.tracker.health()) == len(current)
+
+
+def test_negative_control_without_the_bound_churn_grows_memory(
+    rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_guard, "DEPARTED_KEPT", 10**9)
+    r = rig(client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem", discovery={"enabled": True})
+    r.round()
+    churn(r, 200)
+    assert len({backend for backend, _to in r.guard.transitions} - set(r.guard.backends)) == 199
 
 
 def test_ipvs_mode_ignores_discovered_backends_of_a_family_without_vip(rig: RigFactory) -> None:
@@ -1170,6 +1204,77 @@ def test_haproxy_mode_writes_the_configuration_and_reloads_only_on_change(rig: R
     r.round()
     assert r.runner.commands("systemctl") == [reload]
     assert "10.0.0.14_6443" in (tmp_path / "etc" / "haproxy.cfg").read_text()
+
+
+def test_an_idle_client_does_not_block_the_metrics_server(rig: RigFactory) -> None:
+    """A client that connects and sends nothing (a port scan, a stuck scraper) must not hold up /healthz."""
+    r = rig()
+    r.round()
+    r.round()
+    server = MetricsServer(r.guard, "127.0.0.1", 0)
+    server.start()
+    address = server.server_address[:2]
+    idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    try:
+        started = time.monotonic()
+        with socket.create_connection(address, timeout=5) as client:
+            client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            answer = client.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"ok\n")
+        assert time.monotonic() - started < 2  # not after the idle clients' timeout
+        # An idle client is dropped after the handler's timeout: its connection ends (recv returns b"").
+        idle[0].settimeout(_guard._MetricsHandler.timeout + 5)
+        assert idle[0].recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_negative_control_a_single_threaded_server_is_blocked_by_an_idle_client(
+    rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same check against the server class the guard had before (http.server.HTTPServer): /healthz waits."""
+
+    class OldServer(http.server.HTTPServer):
+        def __init__(self, guard: Any) -> None:
+            self.guard = guard
+            super().__init__(("127.0.0.1", 0), _guard._MetricsHandler)
+
+    r = rig()
+    server = OldServer(r.guard)
+    server.timeout = None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    monkeypatch.setattr(_guard._MetricsHandler, "timeout", None)  # as before: no per-connection timeout
+    thread.start()
+    idle = socket.create_connection(server.server_address[:2], timeout=5)
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=1) as client:
+            client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            with pytest.raises(TimeoutError):
+                client.recv(1)
+    finally:
+        idle.close()  # frees the server; then it answers the second client and stops
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_beyond_the_bound_are_closed_at_once(rig: RigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MetricsServer, "MAX_CONNECTIONS", 2)
+    r = rig()
+    server = MetricsServer(r.guard, "127.0.0.1", 0)
+    server.start()
+    address = server.server_address[:2]
+    idle = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both are being served (idle, each in its thread)
+        with socket.create_connection(address, timeout=2) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert extra.recv(1) == b""  # closed without an answer, not queued
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
 
 
 def test_haproxy_reload_failure_is_retried_later(rig: RigFactory, tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ STATE_VERSION = 1
 # Backends that left the set whose transition counters are still rendered (the newest ones): bounds the memory churn
 # in discovery could otherwise grow without end.
 DEPARTED_KEPT = 32
+STARTUP_RETRY_S = 30.0  # start-up retried with back-off (1, 2, 4 ... s) for this long before the rounds take over
+STARTUP_FIRST_RETRY_S = 1.0
 HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round for this many intervals
 RELOAD_RETRY_S = 30.0  # a failed haproxy reload is retried at this pace, not every round
 PLUMBING_RETRY_S = 10.0  # failed (or lost) plumbing is retried at this pace
@@ -1715,9 +1717,26 @@ class Guard:
         thread.start()
         self._threads.append(thread)
 
+    def startup_with_retry(self) -> bool:
+        """``startup``, retried with back-off when it raises (the state file's rules could not be applied, say), for
+        ``STARTUP_RETRY_S`` at most; then the rounds take over, which converge from the probes alone. Exiting would
+        leave the node's rules to systemd's restart loop instead."""
+        delay, deadline = STARTUP_FIRST_RETRY_S, self.hooks.monotonic() + STARTUP_RETRY_S
+        while True:
+            try:
+                return self.startup()
+            except Exception:
+                if self._stop.is_set() or self.hooks.monotonic() + delay > deadline:
+                    LOG.exception("start-up failed; going on with probe rounds")
+                    return False
+                LOG.exception("start-up failed; retrying in %.0fs", delay)
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, STARTUP_RETRY_S)
+
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; the rules stay in place when it returns."""
-        notified = self.startup()
+        notified = self.startup_with_retry()
         if notified:
             self.hooks.notify("READY=1")
         if self.cfg.metrics_port:
@@ -1741,13 +1760,18 @@ class Guard:
                 self.reload_config()
             now = self.hooks.monotonic()
             if now >= next_round:
+                completed = False
                 try:
                     self.run_round()
+                    completed = True
                 except Exception:  # log and go on: the guard must keep running
                     LOG.exception("probe round failed")
                 if not notified:
                     self.hooks.notify("READY=1")
                     notified = True
+                if completed:
+                    # systemd's watchdog (WatchdogSec) restarts a guard whose rounds stop completing.
+                    self.hooks.notify("WATCHDOG=1")
                 next_round = max(next_round + self.cfg.interval_s, self.hooks.monotonic())
             self._wake.wait(max(0.0, next_round - self.hooks.monotonic()))
             self._wake.clear()

@@ -231,6 +231,41 @@ def test_guard_restart_under_load_fails_nothing(installed, nodes, kind):
     assert labmod.ssh(node, "systemctl is-active kubeha-apiserver-guard").stdout.strip() == "active"
 
 
+GUARD_PID = "systemctl show -p MainPID --value kubeha-apiserver-guard"
+WEDGE_S = 30  # the unit's WatchdogSec (15) + TimeoutAbortSec (5) + a restart, with margin
+NO_WATCHDOG = "/etc/systemd/system/kubeha-apiserver-guard.service.d/no-watchdog.conf"
+
+
+def test_a_wedged_guard_is_restarted_by_systemd_and_the_data_path_stays(installed, nodes):
+    # SIGSTOP: the process is there, its rounds stop. Its last WATCHDOG=1 ages out, systemd aborts it (and, since a
+    # stopped process ignores that, kills it) and starts a new one; haproxy keeps serving all along.
+    node = worker(nodes, "haproxy")
+    pid = labmod.ssh(node, GUARD_PID).stdout.strip()
+    result = drill(node, lambda: labmod.ssh(node, f"kill -STOP {pid}"), seconds=WEDGE_S)
+    print(f"\nguard wedged on {node.name}: {json.dumps(result)}")
+    assert result["requests"] >= 100 and result["failed"] == 0, result
+    new = labmod.ssh(node, GUARD_PID).stdout.strip()
+    assert new not in ("", "0", pid)
+    assert labmod.ssh(node, "systemctl is-active kubeha-apiserver-guard").stdout.strip() == "active"
+    journal = labmod.ssh(node, "journalctl -u kubeha-apiserver-guard --since '-2min' --no-pager").stdout
+    assert "watchdog timeout" in journal.lower(), journal[-2000:]
+
+
+def test_negative_control_without_the_watchdog_a_wedged_guard_stays_wedged(installed, nodes):
+    node = worker(nodes, "haproxy")
+    labmod.ssh(node, f"mkdir -p {Path(NO_WATCHDOG).parent} && printf '[Service]\\nWatchdogSec=0\\n' > {NO_WATCHDOG}")
+    try:
+        labmod.ssh(node, "systemctl daemon-reload && systemctl restart kubeha-apiserver-guard")
+        pid = labmod.ssh(node, GUARD_PID).stdout.strip()
+        labmod.ssh(node, f"kill -STOP {pid}")
+        time.sleep(WEDGE_S)
+        assert labmod.ssh(node, GUARD_PID).stdout.strip() == pid  # nobody noticed
+        assert labmod.ssh(node, f"ps -o stat= -p {pid}").stdout.strip().startswith("T")
+    finally:
+        labmod.ssh(node, f"rm -f {NO_WATCHDOG} && systemctl daemon-reload && systemctl restart kubeha-apiserver-guard")
+    assert labmod.ssh(node, "systemctl is-active kubeha-apiserver-guard").stdout.strip() == "active"
+
+
 @pytest.mark.parametrize("kind", ["ipvs", "haproxy"])
 def test_a_master_black_holed_under_load(installed, nodes, masters, kind):
     # Packets to the victim's apiserver port are dropped in its namespace: no refusal, only silence.

@@ -1093,8 +1093,60 @@ def test_serve_notifies_systemd_after_the_restore_or_after_the_first_round(rig: 
     r.guard.hooks.prober = stop_after_one_round
     assert r.guard.serve() == 0
     expected = ["notify:READY=1", "probe"] if with_state else ["probe", "notify:READY=1"]
-    assert r.events == [*expected, "notify:STOPPING=1"]
+    assert r.events == [*expected, "notify:WATCHDOG=1", "notify:STOPPING=1"]
     assert (VIP4, PORT, "tcp") in r.ipvs.services  # stopping leaves the data path in place
+
+
+def test_the_watchdog_is_fed_only_after_a_completed_round(rig: RigFactory) -> None:
+    """A guard whose rounds fail (wedged adapter, broken pool) stops feeding systemd's watchdog, which restarts it."""
+    r = rig()
+    scripted = r.prober
+    rounds = [0]
+
+    def failing_then_stop(backends: Sequence[Backend], settings: ProbeSettings) -> dict[Backend, ProbeResult]:
+        rounds[0] += 1
+        r.clock.now += 1.0  # the loop schedules its next round on this clock
+        if rounds[0] == 3:
+            r.guard.request_stop()
+            return scripted(backends, settings)
+        raise RuntimeError("probe pool broken")
+
+    r.guard.hooks.prober = failing_then_stop
+    assert r.guard.serve() == 0
+    notified = [e for e in r.events if e.startswith("notify:")]
+    # READY after the first round, failed or not (kubelet must not wait); WATCHDOG only for the third, completed one.
+    assert notified == ["notify:READY=1", "notify:WATCHDOG=1", "notify:STOPPING=1"]
+
+
+def test_startup_is_retried_with_back_off_then_the_rounds_take_over(
+    rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_guard, "STARTUP_FIRST_RETRY_S", 0.01)
+    r = rig()
+    write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M2, M3], {M1: UP}))
+    real_reconcile = r.guard._reconcile
+    failures = [2]
+
+    def flaky(transitions: Any) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("netlink socket gone")  # not a GuardError: what pyroute2 may raise
+        real_reconcile(transitions)
+
+    monkeypatch.setattr(r.guard, "_reconcile", flaky)
+    assert r.guard.startup_with_retry() is True  # the third attempt restored the rules
+    assert failures == [0] and (VIP4, PORT, "tcp") in r.ipvs.services
+
+    # Negative control: a start-up that keeps failing past STARTUP_RETRY_S gives up (the rounds take over).
+    failures[0] = 10**6
+
+    def later(transitions: Any) -> None:
+        r.clock.now += 20  # each attempt costs 20 s of the (fake) monotonic clock
+        flaky(transitions)
+
+    monkeypatch.setattr(r.guard, "_reconcile", later)
+    assert r.guard.startup_with_retry() is False
+    assert failures[0] > 10**6 - 4  # a few attempts, not an endless loop
 
 
 def test_discovery_adds_backends_and_never_drops_the_seeds(rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:

@@ -94,6 +94,7 @@ STATE_VERSION = 1
 # Backends that left the set whose transition counters are still rendered (the newest ones): bounds the memory churn
 # in discovery could otherwise grow without end.
 DEPARTED_KEPT = 32
+DISCOVERED_MAX = 16  # discovered backends accepted at most (the first, in address order): an answer cannot flood
 STARTUP_RETRY_S = 30.0  # start-up retried with back-off (1, 2, 4 ... s) for this long before the rounds take over
 STARTUP_FIRST_RETRY_S = 1.0
 HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round for this many intervals
@@ -150,6 +151,9 @@ class DiscoveryConfig:
     enabled: bool = False
     kubeconfig: str | None = None
     interval_s: float = 10.0
+    # Where a discovered apiserver may be (CIDRs); parse_config fills in the seeds' /24 or /64 when none is given.
+    networks: tuple[str, ...] = ()
+    max_backends: int = DISCOVERED_MAX
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,7 @@ TOP_KEYS = (
     "discovery",
     "haproxy",
 )
-DISCOVERY_KEYS = ("enabled", "kubeconfig", "interval_s")
+DISCOVERY_KEYS = ("enabled", "kubeconfig", "interval_s", "networks", "max_backends")
 HAPROXY_KEYS = ("config_path", "pem_path", "reload_command", "stats_socket")
 
 
@@ -304,6 +308,17 @@ class _Reader:
         return list(value)
 
 
+def seed_networks(seeds: Iterable[Backend]) -> list[str]:
+    """The default master networks: each seed's /24 (IPv4) or /64 (IPv6), once each, in the seeds' order."""
+    found: list[str] = []
+    for seed in seeds:
+        prefix = 24 if seed.version == 4 else 64
+        network = str(ipaddress.ip_network(f"{seed.address}/{prefix}", strict=False))
+        if network not in found:
+            found.append(network)
+    return found
+
+
 def parse_config(doc: Any, source: str = "config") -> GuardConfig:
     """Validate the configuration document; ``ConfigError`` naming the first bad key and its value."""
     top = _Reader(doc, source, TOP_KEYS)
@@ -368,15 +383,32 @@ def parse_config(doc: Any, source: str = "config") -> GuardConfig:
     metrics_address = top.address(top.value("metrics_address", "127.0.0.1"), "metrics_address")
 
     disc = _Reader(top.value("discovery", {}), f"{source}: discovery", DISCOVERY_KEYS)
+    networks = []
+    for index, text in enumerate(disc.string_list("networks", [])):
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"{disc.name('networks')}[{index}] {text!r} is not a CIDR") from exc
     discovery = DiscoveryConfig(
         enabled=disc.boolean("enabled", False),
         kubeconfig=disc.path("kubeconfig", None),
         interval_s=disc.number("interval_s", 10.0, 1.0, 86400.0),
+        networks=tuple(networks or seed_networks(seeds)),
+        max_backends=disc.integer("max_backends", DISCOVERED_MAX, 1, 1000),
     )
     if discovery.enabled and not discovery.kubeconfig and not cert:
         raise ConfigError(
             f"{source}: discovery is enabled but has no credentials: set discovery.kubeconfig or client_cert_file"
         )
+    if discovery.enabled and not networks:
+        seeded = {b.version for b in seeds}
+        for vip in vips:
+            version = ipaddress.ip_address(vip).version
+            if version not in seeded:
+                raise ConfigError(
+                    f"{source}: vip {vip} has no seed of its address family (IPv{version}), so the masters' networks "
+                    "for its discovered backends cannot be derived: set discovery.networks"
+                )
     if mode == "ipvs" and not discovery.enabled:
         for vip in vips:
             version = ipaddress.ip_address(vip).version
@@ -900,6 +932,30 @@ def backends_from_endpointslices(doc: Mapping[str, Any]) -> frozenset[Backend]:
     return frozenset(found)
 
 
+def admit_discovered(found: Iterable[Backend], cfg: GuardConfig) -> tuple[frozenset[Backend], list[str]]:
+    """The discovered backends the guard accepts, and why each other one is refused.
+
+    Only addresses inside ``discovery.networks`` (the masters' networks), in IPVS mode only of a VIP's address
+    family, and at most ``discovery.max_backends`` of them: an EndpointSlice answer, forged or wrong, cannot send a
+    node's apiserver traffic elsewhere or grow its data path without bound.
+    """
+    networks = [ipaddress.ip_network(text) for text in cfg.discovery.networks]
+    families = {ipaddress.ip_address(v).version for v in cfg.vips}
+    admitted: list[Backend] = []
+    refused: list[str] = []
+    for backend in sort_backends(found):
+        address = ipaddress.ip_address(backend.address)
+        if cfg.mode == "ipvs" and backend.version not in families:
+            continue  # IPVS forwards a VIP only to its own address family: not an error, nothing to say
+        if not any(address.version == net.version and address in net for net in networks):
+            refused.append(f"{backend} is outside the masters' networks ({', '.join(cfg.discovery.networks)})")
+        elif len(admitted) >= cfg.discovery.max_backends:
+            refused.append(f"{backend} is beyond the {cfg.discovery.max_backends} discovered backends allowed")
+        else:
+            admitted.append(backend)
+    return frozenset(admitted), refused
+
+
 def backend_set(seeds: Iterable[Backend], discovered: Iterable[Backend]) -> tuple[Backend, ...]:
     """Seeds plus discovered backends: never fewer than the seeds (only a configuration change removes one)."""
     return tuple(sort_backends([*seeds, *discovered]))
@@ -1178,6 +1234,7 @@ class Guard:
         self.latency: dict[Backend, float] = {}
         self.transitions: dict[tuple[Backend, str], int] = {}
         self._departed: dict[Backend, None] = {}  # backends that left, oldest first (an ordered set)
+        self._refused: list[str] = []  # discovered backends ignored last time, with why
         self.apply_errors = 0
         self.last_reconcile: float | None = None
         self._last_round: float | None = None
@@ -1224,11 +1281,13 @@ class Guard:
         with self._lock:
             health = state.health
             if self.cfg.discovery.enabled:
-                self.discovered = frozenset(b for b in health if b not in self.cfg.seeds)
+                self.discovered, _refused = admit_discovered((b for b in health if b not in self.cfg.seeds), self.cfg)
             self.backends = backend_set(self.cfg.seeds, self.discovered)
-            self.tracker = HealthTracker(
-                self.cfg.rise, self.cfg.fall, {b: s for b, s in health.items() if b in self.backends}
-            )
+            # The seeds get the rules kubelet must find at boot; a discovered backend is restored unknown, so its
+            # first probe decides and it gets no traffic before (the file may be old, and discovery's answer is not
+            # the inventory's word).
+            restored = {b: s for b, s in health.items() if b in self.cfg.seeds}
+            self.tracker = HealthTracker(self.cfg.rise, self.cfg.fall, restored)
             self._remove_services(self._stale_pairs(state.vips, state.port))
             self._reconcile(())
         LOG.info(
@@ -1624,10 +1683,12 @@ class Guard:
         with self._lock:
             if not self.cfg.discovery.enabled:
                 return False
-            if self.cfg.mode == "ipvs":  # IPVS forwards a VIP only to its own address family
-                families = {ipaddress.ip_address(v).version for v in self.cfg.vips}
-                found = frozenset(b for b in found if b.version in families)
-            self.discovered = frozenset(found)
+            admitted, refused = admit_discovered(found, self.cfg)
+            if refused != self._refused:  # said once, not at every discovery
+                for reason in refused:
+                    LOG.warning("discovery: ignoring %s", reason)
+                self._refused = refused
+            self.discovered = admitted
             self._set_backends(backend_set(self.cfg.seeds, self.discovered))
         return True
 

@@ -16,6 +16,7 @@ import http.server
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import threading
@@ -399,7 +400,7 @@ def test_a_vip_without_seeds_of_its_family_is_fine_with_discovery(rig: RigFactor
     r = rig(
         vip=[VIP4, VIP6],
         client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
-        discovery={"enabled": True},
+        discovery={"enabled": True, "networks": ["10.0.0.0/24", "fd00::/64"]},
     )
     r.round()
     r.discovered = frozenset({M6, Backend("fd00::12", 6443)})
@@ -419,7 +420,7 @@ def churn(r: Rig, rounds: int) -> None:
 
 
 def test_backend_churn_keeps_memory_bounded(rig: RigFactory) -> None:
-    r = rig(client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem", discovery={"enabled": True})
+    r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
     r.round()
     churn(r, 200)
     current = set(r.guard.backends)
@@ -435,7 +436,7 @@ def test_negative_control_without_the_bound_churn_grows_memory(
     rig: RigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_guard, "DEPARTED_KEPT", 10**9)
-    r = rig(client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem", discovery={"enabled": True})
+    r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
     r.round()
     churn(r, 200)
     assert len({backend for backend, _to in r.guard.transitions} - set(r.guard.backends)) == 199
@@ -1187,7 +1188,77 @@ def test_restart_remembers_discovered_backends(rig: RigFactory) -> None:
     write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M4], {M1: UP, M4: UP}))
     r.guard.startup()
     assert r.guard.backends == (M1, M4)
-    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.14:6443": 1}
+    # The seed's rules are back at once (kubelet finds them at boot); the discovered backend waits for its probe.
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.14:6443": 0}
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.14:6443": 1}  # one good probe
+
+
+def test_a_restored_discovered_backend_that_fails_its_first_probe_never_gets_traffic(rig: RigFactory) -> None:
+    r = rig(
+        seeds=["10.0.0.11:6443"],
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True},
+    )
+    write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M4], {M1: UP, M4: UP}))
+    r.prober.set("fail", M4)
+    r.guard.startup()
+    r.round()
+    assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.14:6443": 0}
+
+
+def test_discovery_admits_only_the_masters_networks_and_a_bounded_number(
+    rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = rig(
+        seeds=["10.0.0.11:6443"],
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True, "max_backends": 2},
+    )
+    assert r.cfg.discovery.networks == ("10.0.0.0/24",)  # the seed's /24 by default
+    r.round()
+    outside = Backend("192.0.2.50", 6443)  # what a forged or wrong EndpointSlice could name
+    r.discovered = frozenset({M4, Backend("10.0.0.15", 6443), Backend("10.0.0.16", 6443), outside})
+    with caplog.at_level(logging.WARNING, logger="kubeha-apiserver-guard"):
+        assert r.guard.discover_once()
+    assert r.guard.backends == (M1, M4, Backend("10.0.0.15", 6443))  # the first two in address order
+    assert "ignoring 192.0.2.50:6443 is outside the masters' networks (10.0.0.0/24)" in caplog.text
+    assert "ignoring 10.0.0.16:6443 is beyond the 2 discovered backends allowed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kubeha-apiserver-guard"):
+        assert r.guard.discover_once()
+    assert caplog.text == ""  # said once, not at every discovery
+
+
+def test_negative_control_networks_that_include_it_admit_the_address(rig: RigFactory) -> None:
+    r = rig(
+        seeds=["10.0.0.11:6443"],
+        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
+        discovery={"enabled": True, "networks": ["10.0.0.0/24", "192.0.2.0/24"]},
+    )
+    r.round()
+    r.discovered = frozenset({Backend("192.0.2.50", 6443)})
+    assert r.guard.discover_once()
+    assert r.guard.backends == (M1, Backend("192.0.2.50", 6443))
+
+
+@pytest.mark.parametrize(
+    ("discovery", "message"),
+    [
+        ({"enabled": True, "networks": ["10.0.0.0/33"]}, "discovery: networks[0] '10.0.0.0/33' is not a CIDR"),
+        ({"enabled": True, "max_backends": 0}, "discovery: max_backends 0 is out of range 1..1000"),
+    ],
+)
+def test_bad_discovery_limits_are_refused(tmp_path: Path, discovery: dict[str, Any], message: str) -> None:
+    doc = config_doc(tmp_path, client_cert_file="/c.pem", discovery=discovery)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(doc, "guard.json")
+
+
+def test_a_vip_family_without_seeds_needs_networks_for_discovery(tmp_path: Path) -> None:
+    doc = config_doc(tmp_path, vip=[VIP4, VIP6], client_cert_file="/c.pem", discovery={"enabled": True})
+    with pytest.raises(ConfigError, match=r"vip fd00::1 has no seed .* set discovery.networks"):
+        parse_config(doc, "guard.json")
 
 
 def test_reload_keeps_the_old_configuration_when_the_new_one_is_bad(

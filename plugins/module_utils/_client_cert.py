@@ -25,10 +25,10 @@ import os
 import re
 import ssl
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._files import atomic_write, fsync_directory
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import import_yaml, memory_files
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
@@ -224,27 +224,9 @@ def plan(kubeconfig: str, dest: str, context: str | None = None) -> ClientCertPl
 
 
 def apply(planned: ClientCertPlan) -> None:
-    """Carry the plan out: dest written atomically (mode 0600 from its creation) or removed, durably."""
-    directory = os.path.dirname(os.path.abspath(planned.dest))
+    """Carry the plan out: dest written atomically (mode 0600 before it is visible) or removed, durably."""
     if planned.remove:
         os.unlink(planned.dest)
+        fsync_directory(os.path.dirname(os.path.abspath(planned.dest)))
     elif planned.write and planned.content is not None:
-        fd, tmp = tempfile.mkstemp(prefix=".kubeha-", dir=directory)  # mkstemp creates it 0600
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(planned.content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, planned.dest)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-    else:
-        return
-    # The rename (or unlink) itself must survive a power loss, not only the bytes.
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        atomic_write(planned.dest, planned.content, mode=DEST_MODE)

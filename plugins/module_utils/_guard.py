@@ -38,7 +38,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
+from ansible_collections.kubeha.apiserver.plugins.module_utils._files import atomic_write
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
     IPVSError,
     PyRoute2IPVS,
@@ -854,24 +854,6 @@ def state_from_dict(doc: Any, source: str = "state") -> GuardState:
     except (KeyError, TypeError, ValueError, ProxyError) as exc:
         raise GuardError(f"{source} is not a valid guard state: {exc}") from exc
     return GuardState(vips, port, backends)
-
-
-def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``path`` through a temporary file in the same directory and a rename: never half-written."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_state(path: str, state: GuardState) -> None:

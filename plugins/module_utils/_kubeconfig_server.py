@@ -34,6 +34,11 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint
     normalize_server,
     set_server,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._files import (
+    atomic_write,
+    fsync_directory,
+    prune_backups,
+)
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError, import_yaml
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import KubeconfigError, select
 
@@ -307,6 +312,10 @@ class Files:
         self.copy(path, dest)
         return dest
 
+    def prune_backups(self, path: str) -> list[str]:
+        """Only the newest ``BACKUPS_KEPT`` timestamped backups stay (the ``.kubeha-orig`` copy is another name)."""
+        return prune_backups(path)
+
     def move(self, src: str, dest: str) -> None:
         os.replace(src, dest)
 
@@ -328,25 +337,22 @@ class Files:
         return tmp
 
     def replace(self, path: str, text: str) -> None:
-        """Atomically replace ``path`` with ``text``, keeping its mode and owner."""
+        """Atomically and durably replace ``path`` with ``text``, keeping its mode and owner."""
         tmp = self._temp_like(path, text)
         try:
             self.move(tmp, path)
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
 
     def copy(self, src: str, dest: str) -> None:
-        """``dest`` as an atomic copy of ``src`` (mode and owner too); never visible half written."""
-        tmp = self._temp_like(src, self.read(src))
-        try:
-            os.replace(tmp, dest)
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
+        """``dest`` as an atomic, durable copy of ``src`` (mode and owner too); never visible half written."""
+        atomic_write(dest, self.read(src), like=src)
 
     def remove(self, path: str) -> None:
         os.unlink(path)
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,6 +475,7 @@ def run(
         if do_backup:
             try:
                 backup_file = files.backup(path)
+                files.prune_backups(path)
             except Exception as exc:  # AnsibleModule.backup_local raises a bare Exception
                 raise _failed_after(path, "the backup", exc) from exc
         try:

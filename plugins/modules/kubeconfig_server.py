@@ -103,6 +103,8 @@ options:
     description:
       - Before replacing the file, keep a copy of it next to it, named C(<path>.<pid>.<YYYY-MM-DD@HH:MM:SS>~)
         as Ansible's other modules name backups; its name is returned in RV(backup_file).
+      - Only the three newest such backups are kept (older ones are removed after the new one is made); the copy
+        of the original, C(<path>.kubeha-orig), is never removed by this option.
     type: bool
     default: true
   timeout:

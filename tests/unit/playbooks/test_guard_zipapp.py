@@ -58,6 +58,7 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         assert archive.read(PREFIX + "_guard.py") == (MODULE_UTILS / "_guard.py").read_bytes()
     assert modules == [
         "_endpoint.py",
+        "_files.py",
         "_guard.py",
         "_ipvs.py",
         "_kernel.py",

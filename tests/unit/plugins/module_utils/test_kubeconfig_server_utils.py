@@ -339,6 +339,18 @@ def test_run_present_verifies_then_writes_keeps_the_original_and_a_backup(kubele
     assert outcome.diff["after"] == ks.redact(KUBELET.replace(OLD, VIP))
 
 
+def test_run_keeps_the_original_and_only_the_newest_backups(kubelet_conf: Path) -> None:
+    old = []
+    for n in range(4):  # what four earlier runs left
+        backup = kubelet_conf.parent / f"kubelet.conf.{100 + n}.2026-11-0{n + 1}@09:00:00~"
+        backup.write_text(f"run {n}")
+        os.utime(backup, ns=(n * 10**9, n * 10**9))
+        old.append(backup)
+    outcome = ks.run({"path": str(kubelet_conf), "server": VIP}, Factory(), check_mode=False)
+    kept = {kubelet_conf, Path(outcome.original_file), Path(outcome.backup_file), *old[2:]}
+    assert others(kubelet_conf.parent, *kept) == []  # the two oldest went; the original copy stays
+
+
 def test_run_second_time_changes_nothing_and_calls_nobody(kubelet_conf: Path) -> None:
     ks.run({"path": str(kubelet_conf), "server": VIP}, Factory(), check_mode=False)
     factory = Factory()

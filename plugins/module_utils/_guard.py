@@ -63,6 +63,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     DEFAULT_STATS_SOCKET,
+    DEFAULT_VERIFY_NAME,
     DOWN,
     HAPROXY_BACKEND,
     UP,
@@ -124,6 +125,8 @@ IPVS_SYSCTLS = {
 }
 CLOSED_STATES = frozenset({"TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK"})
 _INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# A DNS name (haproxy's verifyhost takes one, with no space or quote to break the configuration line), or "".
+_VERIFY_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)*")
 
 DEFAULT_STATE_FILE = "/var/lib/kubeha-apiserver/state.json"
 DEFAULT_HAPROXY_CONFIG = "/etc/kubeha-apiserver/haproxy.cfg"
@@ -162,6 +165,7 @@ class HaproxyConfig:
     pem_path: str = DEFAULT_HAPROXY_PEM
     reload_command: tuple[str, ...] = DEFAULT_RELOAD_COMMAND
     stats_socket: str = DEFAULT_STATS_SOCKET
+    verify_name: str = DEFAULT_VERIFY_NAME
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,7 @@ class GuardConfig:
             rise=self.rise,
             fall=self.fall,
             stats_socket=self.haproxy.stats_socket,
+            verify_name=self.haproxy.verify_name,
         )
 
 
@@ -230,7 +235,7 @@ TOP_KEYS = (
     "haproxy",
 )
 DISCOVERY_KEYS = ("enabled", "kubeconfig", "interval_s", "networks", "max_backends")
-HAPROXY_KEYS = ("config_path", "pem_path", "reload_command", "stats_socket")
+HAPROXY_KEYS = ("config_path", "pem_path", "reload_command", "stats_socket", "verify_name")
 
 
 class _Reader:
@@ -419,6 +424,11 @@ def parse_config(doc: Any, source: str = "config") -> GuardConfig:
                 )
 
     hap = _Reader(top.value("haproxy", {}), f"{source}: haproxy", HAPROXY_KEYS)
+    verify_name = hap.value("verify_name", DEFAULT_VERIFY_NAME)
+    if not isinstance(verify_name, str) or not _VERIFY_NAME.fullmatch(verify_name):
+        raise ConfigError(
+            f'{hap.name("verify_name")} {json.dumps(verify_name)} is not a DNS name (or "" for the chain alone)'
+        )
     reload_command = hap.string_list("reload_command", DEFAULT_RELOAD_COMMAND)
     if not reload_command:
         raise ConfigError(f"{source}: haproxy: reload_command is empty")
@@ -427,6 +437,7 @@ def parse_config(doc: Any, source: str = "config") -> GuardConfig:
         pem_path=hap.path("pem_path", DEFAULT_HAPROXY_PEM) or DEFAULT_HAPROXY_PEM,
         reload_command=tuple(reload_command),
         stats_socket=hap.path("stats_socket", DEFAULT_STATS_SOCKET) or DEFAULT_STATS_SOCKET,
+        verify_name=verify_name,
     )
 
     return GuardConfig(

@@ -624,6 +624,9 @@ def desired_service(vip: str, port: int, weights: Mapping[Backend, int], schedul
 # --------------------------------------------------------------------------------------------------
 
 
+DEFAULT_VERIFY_NAME = "kubernetes"
+
+
 @dataclass(frozen=True)
 class HaproxySettings:
     """What ``render_haproxy`` needs. ``client_pem_file`` holds the client certificate and key together."""
@@ -639,6 +642,10 @@ class HaproxySettings:
     fall: int = 2
     stats_socket: str = DEFAULT_STATS_SOCKET
     path: str = "/readyz"
+    # The DNS name every apiserver certificate carries (kubeadm's, kubespray's and hand-made ones all have it):
+    # without it haproxy checks only the chain, which any certificate the cluster CA signed (a node's) passes.
+    # haproxy's verifyhost matches DNS names only, not the address SANs the guard's own probes verify.
+    verify_name: str = DEFAULT_VERIFY_NAME
 
 
 def haproxy_duration(seconds: float) -> str:
@@ -688,6 +695,8 @@ def render_haproxy(
         "verify required",
         f"ca-file {cfg.ca_file}",
     ]
+    if cfg.verify_name:
+        check.append(f"verifyhost {cfg.verify_name}")
     if cfg.client_pem_file:
         check.append(f"crt {cfg.client_pem_file}")
     # Neither `observe layer4` nor `on-marked-down shutdown-sessions`: both shut the sessions being redispatched

@@ -1255,6 +1255,19 @@ def test_bad_discovery_limits_are_refused(tmp_path: Path, discovery: dict[str, A
         parse_config(doc, "guard.json")
 
 
+@pytest.mark.parametrize("value", ["kube rnetes", "a;b", "-x", 5, "kubernetes..default"])
+def test_a_haproxy_verify_name_that_is_not_a_dns_name_is_refused(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"guard.json: haproxy: verify_name .* is not a DNS name"):
+        parse_config(config_doc(tmp_path, haproxy={"verify_name": value}), "guard.json")
+
+
+def test_the_haproxy_checks_verify_the_configured_name(tmp_path: Path) -> None:
+    assert parse_config(config_doc(tmp_path)).haproxy_settings().verify_name == "kubernetes"
+    cfg = parse_config(config_doc(tmp_path, haproxy={"verify_name": "kubernetes.default.svc"}))
+    assert cfg.haproxy_settings().verify_name == "kubernetes.default.svc"
+    assert parse_config(config_doc(tmp_path, haproxy={"verify_name": ""})).haproxy_settings().verify_name == ""
+
+
 def test_a_vip_family_without_seeds_needs_networks_for_discovery(tmp_path: Path) -> None:
     doc = config_doc(tmp_path, vip=[VIP4, VIP6], client_cert_file="/c.pem", discovery={"enabled": True})
     with pytest.raises(ConfigError, match=r"vip fd00::1 has no seed .* set discovery.networks"):

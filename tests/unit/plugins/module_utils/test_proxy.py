@@ -259,7 +259,7 @@ def test_haproxy_worker_configuration() -> None:
     [default] = [line for line in lines if line.startswith("    default-server ")]
     assert default == (
         "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2 check check-ssl verify required "
-        "ca-file /etc/kubernetes/pki/ca.crt on-marked-up shutdown-backup-sessions"
+        "ca-file /etc/kubernetes/pki/ca.crt verifyhost kubernetes on-marked-up shutdown-backup-sessions"
     )
     assert not any(line.endswith(" backup") for line in lines)
     assert "allbackups" not in text

@@ -1470,7 +1470,10 @@ class Guard:
         for attempt in (1, 2):
             try:
                 self._apply_ipvs_once(weights)
-            except IPVSError as exc:
+            # Any exception, not only IPVSError: pyroute2 raises more than NetlinkError (OSError on a reset or
+            # overrun socket, decode errors on a truncated dump), and an adapter kept after one would fail every
+            # later round too, leaving a data path nobody updates.
+            except Exception as exc:
                 self._drop_adapter()
                 if attempt == 1:
                     LOG.warning("applying IPVS: %s; retrying on a new netlink socket", exc)
@@ -1512,7 +1515,7 @@ class Guard:
                 if actions:
                     adapter.apply(actions)
                     LOG.info("IPVS: %s (no longer configured)", "; ".join(a.describe() for a in actions))
-        except IPVSError as exc:
+        except Exception as exc:  # as in _apply_ipvs: whatever the adapter raised, it is rebuilt
             self._drop_adapter()
             self._error("stale", f"removing IPVS services no longer configured: {exc}")
 
@@ -1875,7 +1878,7 @@ def cleanup(cfg: GuardConfig, hooks: Hooks | None = None) -> int:
                 if actions:
                     adapter.apply(actions)
                     LOG.info("removed %s", "; ".join(a.describe() for a in actions))
-        except IPVSError as exc:
+        except Exception as exc:  # pyroute2 raises more than NetlinkError: the rest of the cleanup must still run
             failures += 1
             LOG.error("removing the IPVS services: %s", exc)
         finally:

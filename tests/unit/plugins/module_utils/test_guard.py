@@ -12,6 +12,7 @@ trees under ``tmp_path``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import http.server
 import json
 import logging
@@ -19,6 +20,7 @@ import os
 import re
 import socket
 import stat
+import struct
 import threading
 import time
 import urllib.error
@@ -94,11 +96,14 @@ class FakeIPVS:
         self.applied: list[Action] = []
         self.fail: str | None = None
         self.fail_once: str | None = None
+        self.raise_next: list[BaseException] = []  # raised one per apply, whatever their type
 
     def get(self, address: str, port: int, protocol: str) -> Service | None:
         return self.services.get(Service(address, port, protocol).key)
 
     def apply(self, actions: Sequence[Action]) -> None:
+        if self.raise_next:
+            raise self.raise_next.pop(0)
         if self.fail:
             raise _guard.IPVSError(self.fail)
         if self.fail_once:
@@ -1003,6 +1008,53 @@ def test_a_failed_apply_is_retried_at_once_on_a_new_socket(rig: RigFactory, capl
     assert len(r.runner.commands("ss")) == 2
     assert "ECONNRESET; retrying on a new netlink socket" in caplog.text
     assert r.guard.snapshot().apply_errors == 0
+
+
+class NetlinkDecodeError(Exception):
+    """Stands for pyroute2's decode errors, which are not NetlinkError."""
+
+
+ADAPTER_FAILURES = [
+    OSError(errno.ENOBUFS, "No buffer space available"),
+    OSError(errno.ECONNRESET, "Connection reset by peer"),
+    NetlinkDecodeError("truncated message"),
+    struct.error("unpack requires a buffer of 8 bytes"),
+    KeyError("IPVS_CMD_ATTR_DEST"),
+]
+
+
+@pytest.mark.parametrize("failure", ADAPTER_FAILURES, ids=lambda e: type(e).__name__ + str(getattr(e, "errno", "")))
+def test_any_adapter_failure_is_retried_on_a_new_adapter(rig: RigFactory, failure: BaseException) -> None:
+    r = rig(ip_vs_conn=IP_VS_CONN)
+    made: list[FakeIPVS] = []
+
+    def factory() -> FakeIPVS:
+        made.append(r.ipvs)
+        return r.ipvs
+
+    r.guard.hooks = dataclasses.replace(r.guard.hooks, ipvs_factory=factory)
+    r.round()
+    r.ipvs.raise_next = [failure]
+    r.connects[M2] = "refused"
+    r.guard.fast_check_once()
+    assert r.ipvs.weights()["10.0.0.12:6443"] == 0  # the same step, on a new adapter
+    assert len(made) == 2 and r.guard.snapshot().apply_errors == 0
+
+
+@pytest.mark.parametrize("failure", ADAPTER_FAILURES, ids=lambda e: type(e).__name__ + str(getattr(e, "errno", "")))
+def test_an_adapter_that_keeps_failing_is_counted_and_the_next_round_repairs(
+    rig: RigFactory, failure: BaseException
+) -> None:
+    r = rig()
+    r.round()
+    r.ipvs.raise_next = [failure, failure]  # the first attempt and its retry
+    r.prober.set("fail", M3)
+    r.round()
+    r.round()  # fall 2: M3 goes down in this round, whose apply fails twice
+    assert r.guard.snapshot().apply_errors == 1
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 1  # the failed apply changed nothing
+    r.round()
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 0  # repaired by the next round, no restart needed
 
 
 def test_each_thread_programs_ipvs_on_its_own_socket(rig: RigFactory, tmp_path: Path) -> None:

@@ -312,6 +312,40 @@ def test_a_failed_rotation_is_rolled_back(masters) -> None:
     assert all(len([n for n in role_files(m) if n.endswith("~")]) == 4 for m in masters[1:])
 
 
+# A manifest where no kubelet looks, of either flavour: the test plays the file moves, not a real static pod.
+TEST_MANIFEST = "/etc/kubeha-cert-test/manifests/kube-apiserver.yaml"
+TEST_HOLD = "/etc/kubeha-cert-test/kube-apiserver.yaml.kubeha-hold"
+
+
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_a_manifest_left_aside_by_an_interrupted_run_is_put_back(masters, state) -> None:
+    # What a run killed between restart.yml's two moves leaves: the manifest aside, the apiserver stopped. The next
+    # run (or the reset) puts it back before anything else. Negative control: with a manifest there again (someone
+    # put one back by hand), the aside copy is left alone and the manifest kept.
+    victim, other = masters[1], masters[2]
+    for node, files_there in (
+        (victim, f"echo held > {TEST_HOLD}"),
+        (other, f"echo held > {TEST_HOLD} && echo mine > {TEST_MANIFEST}"),
+    ):
+        labmod.ssh(node, f"mkdir -p {Path(TEST_MANIFEST).parent} && {files_there}")
+    try:
+        variables = {"apiserver_cert_sans_manifest": TEST_MANIFEST, "apiserver_cert_sans_state": state}
+        if state == "present":
+            variables["apiserver_cert_sans_extra"] = [EXTRA]  # what the earlier tests left: no rotation
+        run = play(variables=variables)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr
+        assert read(victim, TEST_MANIFEST) == "held\n" and read(victim, TEST_HOLD, missing_ok=True) is None
+        assert read(other, TEST_MANIFEST) == "mine\n" and read(other, TEST_HOLD) == "held\n"
+        recovered = run.stdout.split("Put back the static pod manifest an interrupted run left aside")[1].split(
+            "TASK ["
+        )[0]
+        assert re.search(rf"changed: \[\w+ -> {victim.name}\]", recovered), recovered
+        assert not re.search(rf"changed: \[\w+ -> {other.name}\]", recovered), recovered
+    finally:
+        for node in (victim, other):
+            labmod.ssh(node, f"rm -rf {Path(TEST_MANIFEST).parent.parent}")
+
+
 def test_reset_gives_the_original_certificates_back(masters, original) -> None:
     with ReadySampler(masters) as sampler:
         run = play(variables={"apiserver_cert_sans_state": "absent"})

@@ -1402,7 +1402,7 @@ def test_an_idle_client_does_not_block_the_metrics_server(rig: RigFactory) -> No
     server = MetricsServer(r.guard, "127.0.0.1", 0)
     server.start()
     address = server.server_address[:2]
-    idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    idle = [socket.create_connection(address, timeout=5) for _client in range(3)]
     try:
         started = time.monotonic()
         with socket.create_connection(address, timeout=5) as client:
@@ -1453,7 +1453,7 @@ def test_connections_beyond_the_bound_are_closed_at_once(rig: RigFactory, monkey
     server = MetricsServer(r.guard, "127.0.0.1", 0)
     server.start()
     address = server.server_address[:2]
-    idle = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    idle = [socket.create_connection(address, timeout=5) for _client in range(2)]
     try:
         time.sleep(0.2)  # both are being served (idle, each in its thread)
         with socket.create_connection(address, timeout=2) as extra:

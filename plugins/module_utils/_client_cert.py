@@ -18,8 +18,6 @@ anywhere (an anonymous memory file). ``plan`` reads, ``apply`` writes. No return
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 import re
@@ -32,6 +30,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._files import ato
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import import_yaml, memory_files
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
+    embedded_data,
     referenced_files,
     select,
 )
@@ -113,15 +112,10 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _embedded(user: dict[str, Any], key: str, where: str) -> bytes | None:
-    data = user.get(f"{key}-data")
-    if not data:
-        return None
-    if not isinstance(data, str):
-        raise ClientCertError(f"{where}.{key}-data is not a base64 string")
     try:
-        return base64.b64decode("".join(data.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ClientCertError(f"{where}.{key}-data is not valid base64") from exc
+        return embedded_data(user, key, where)
+    except KubeconfigError as exc:
+        raise ClientCertError(str(exc)) from exc
 
 
 def prove_pair(cert: bytes | str, key: bytes | str, what: str) -> None:

@@ -13,7 +13,6 @@ Everything here raises ``KubeAPIError`` with a message meant for the user as is.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import http.client
@@ -32,6 +31,7 @@ from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
+    embedded_data,
     referenced_files,
     select,
 )
@@ -105,14 +105,12 @@ def _material(path: str, where: str, entry: Mapping[str, Any], key: str, files: 
 
     ``files`` holds the entry's file names resolved against the kubeconfig's directory (``referenced_files``).
     """
-    data = entry.get(f"{key}-data")
-    if data:
-        if not isinstance(data, str):
-            raise KubeAPIError(f"{path}: {where}.{key}-data is not a base64 string")
-        try:
-            return base64.b64decode("".join(data.split()), validate=True)
-        except ValueError as exc:
-            raise KubeAPIError(f"{path}: {where}.{key}-data is not valid base64") from exc
+    try:
+        data = embedded_data(entry, key, f"{path}: {where}")
+    except KubeconfigError as exc:
+        raise KubeAPIError(str(exc)) from exc
+    if data is not None:
+        return data
     full = files.get(key)
     if full:
         try:

@@ -14,6 +14,8 @@ naming the file, the value and the reason.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -163,3 +165,19 @@ def referenced_files(selection: Selection) -> dict[str, str]:
                 raise KubeconfigError(f"{selection.source}: {kind}s[{name}].{key} {value!r} is not a file name")
             files[key] = resolve_path(selection.source, value)
     return files
+
+
+def embedded_data(entry: Mapping[str, Any], key: str, where: str) -> bytes | None:
+    """The bytes of ``<key>-data`` (base64, line breaks allowed) in a cluster or user entry; ``None`` when unset.
+
+    ``where`` names the entry in messages (``admin.conf: users[admin]``).
+    """
+    data = entry.get(f"{key}-data")
+    if not data:
+        return None
+    if not isinstance(data, str):
+        raise KubeconfigError(f"{where}.{key}-data is not a base64 string")
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KubeconfigError(f"{where}.{key}-data is not valid base64") from exc

@@ -1206,6 +1206,14 @@ class Hooks:
     haproxy_command: Callable[[str, str], str] = haproxy_command
 
 
+def probe_pool_size(cfg: GuardConfig) -> int:
+    """Threads for the probes and the fast checks: one each for every backend there can be (the seeds and the most
+    discovery admits), so that many backends timing out at once still take one timeout, not several in a row, and
+    a round stays within its interval. Threads are started only when needed."""
+    most = len(cfg.seeds) + (cfg.discovery.max_backends if cfg.discovery.enabled else 0)
+    return max(8, 2 * most)
+
+
 class Guard:
     """One node's guard. ``serve()`` runs it; ``startup()``/``run_round()`` are its steps (and ``--once``)."""
 
@@ -1217,7 +1225,7 @@ class Guard:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._pool = ThreadPoolExecutor(max_workers=probe_pool_size(cfg), thread_name_prefix="probe")
         self._prober = Prober(executor=self._pool)  # one kept-alive connection per backend
         self.tracker = HealthTracker(cfg.rise, cfg.fall)
         self.discovered: frozenset[Backend] = frozenset()

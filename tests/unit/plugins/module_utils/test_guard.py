@@ -1573,3 +1573,64 @@ def test_loopback_holds_the_vips_without_touching_its_own_addresses(tmp_path: Pa
     removed = remove_plumbing(cfg, cleanup)
     assert removed == [f"address {VIP4}/32 on lo"]
     assert ["ip", "link", "del", "dev", "lo"] not in cleanup.calls
+
+
+@pytest.fixture
+def black_holes() -> Iterator[list[Backend]]:
+    """20 listening sockets on loopback that never answer the TLS handshake (accepted by the kernel, never read)."""
+    socks = []
+    for _port in range(20):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        socks.append(sock)
+    try:
+        yield [Backend("127.0.0.1", s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def timed_round(tmp_path: Path, backends: list[Backend]) -> float:
+    doc = config_doc(tmp_path, mode="haproxy", seeds=[b.endpoint for b in backends], timeout_s=0.3)
+    doc["ca_file"] = str(small_ca(tmp_path))  # the probes build a real TLS context
+    guard = Guard(parse_config(doc), None, Hooks())
+    try:
+        started = time.monotonic()
+        results = guard._probe_all(backends, guard.cfg.probe_settings())
+        took = time.monotonic() - started
+    finally:
+        guard.close()
+    assert len(results) == 20 and not any(r.ok for r in results.values())
+    return took
+
+
+def small_ca(tmp_path: Path) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "ca")])
+    now = __import__("datetime").datetime.now(__import__("datetime").UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + __import__("datetime").timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path = tmp_path / "ca.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_many_unanswering_backends_take_one_timeout_not_several(
+    tmp_path: Path, black_holes: list[Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real sockets, the guard's real prober and pool: 20 probes (timeout 0.3 s) time out together. Negative
+    # control, in the same test for the same load: the pool of 8 the guard had before takes three timeouts in a row.
+    sized = timed_round(tmp_path, black_holes)
+    monkeypatch.setattr(_guard, "probe_pool_size", lambda cfg: 8)
+    capped = timed_round(tmp_path, black_holes)
+    assert capped >= 0.85, (sized, capped)
+    print(f"\n20 unanswering backends: {sized:.2f} s with the sized pool, {capped:.2f} s with 8 threads")
+    assert sized < 0.6 * capped, (sized, capped)

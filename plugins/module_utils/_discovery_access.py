@@ -6,11 +6,12 @@
 
 """The guard's discovery access: a Role and a RoleBinding, validated, planned (pure), then applied.
 
-Every node's guard lists the EndpointSlices of the ``default/kubernetes`` Service with the kubelet's client
-certificate (user ``system:node:<name>``, group ``system:nodes``), which the Node authorizer and the default
-RBAC roles do not allow. The Role grants exactly ``get``, ``list`` and ``watch`` on ``endpointslices`` of
-``discovery.k8s.io`` in one namespace (``list`` cannot be narrowed by ``resourceNames``, so no names are
-given), and the RoleBinding of the same name grants it to the nodes' group.
+Every node's guard reads the EndpointSlice ``kubernetes`` (the one the apiservers keep for the ``default/kubernetes``
+Service) with the kubelet's client certificate (user ``system:node:<name>``, group ``system:nodes``), which the Node
+authorizer and the default RBAC roles do not allow. The Role grants exactly ``get`` of that one object
+(``resourceNames``; a ``list``, which RBAC cannot narrow to it, is not granted), and the RoleBinding of the same name
+grants it to the nodes' group. Subjects that would give it to everyone (``system:authenticated``,
+``system:unauthenticated``, ``system:anonymous``, every service account) are refused.
 
 Only the fields this module owns are compared: the rules, the roleRef, the subjects and the label
 ``app.kubernetes.io/managed-by``. A RoleBinding's roleRef cannot be changed in Kubernetes, so a binding
@@ -41,7 +42,21 @@ MANAGER = "kubeha.apiserver"
 DEFAULT_NAME = "kubeha-apiserver:discovery"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_SUBJECTS = ({"kind": "Group", "name": "system:nodes"},)
-RULES = ({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},)
+RULES = (
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "resourceNames": ["kubernetes"],
+        "verbs": ["get"],
+    },
+)
+# Subjects that stand for everyone (or every workload): the grant is the nodes', never theirs.
+BROAD_SUBJECTS = {
+    ("Group", "system:authenticated"),
+    ("Group", "system:unauthenticated"),
+    ("User", "system:anonymous"),
+    ("Group", "system:serviceaccounts"),
+}
 RULE_FIELDS = ("apiGroups", "resources", "resourceNames", "nonResourceURLs", "verbs")
 SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
 STATES = ("present", "absent")
@@ -166,6 +181,11 @@ def normalize_subjects(values: Any, namespace: str) -> list[Subject]:
         elif subject_ns:
             raise DiscoveryAccessError(
                 f"{where}: namespace is only meaningful for a ServiceAccount, not for {kind} {name!r}"
+            )
+        if (kind, name) in BROAD_SUBJECTS or (kind == "Group" and name.startswith("system:serviceaccounts:")):
+            raise DiscoveryAccessError(
+                f"{where} {kind} {name!r} stands for more than the nodes (everyone, or every workload): the "
+                "discovery grant is for the nodes' identity (system:nodes) or a dedicated one"
             )
         subject = Subject(kind, name, subject_ns)
         if subject not in result:

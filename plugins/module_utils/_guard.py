@@ -102,10 +102,9 @@ HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round 
 RELOAD_RETRY_S = 30.0  # a failed haproxy reload is retried at this pace, not every round
 PLUMBING_RETRY_S = 10.0  # failed (or lost) plumbing is retried at this pace
 DISCOVERY_TIMEOUT_S = 5.0
-ENDPOINTSLICES_PATH = (
-    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
-    "?labelSelector=kubernetes.io%2Fservice-name%3Dkubernetes"
-)
+# The EndpointSlice the apiservers keep for the ``kubernetes`` Service, by name: a GET of exactly it is all the
+# discovery grant allows (RBAC cannot narrow a list by label).
+ENDPOINTSLICES_PATH = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"
 
 # Set while the guard runs in IPVS mode.
 # - conntrack=1: IPVS-forwarded connections get conntrack entries, which the nftables masquerade of
@@ -979,7 +978,7 @@ def discovery_credentials(cfg: GuardConfig) -> Credentials:
 
 
 def discover_backends(cfg: GuardConfig, servers: Sequence[Backend]) -> frozenset[Backend]:
-    """List the ``kubernetes`` EndpointSlices from the first of ``servers`` that answers.
+    """Read the ``kubernetes`` EndpointSlice from the first of ``servers`` that answers.
 
     The apiservers are asked directly (their certificates carry their own addresses), not through the VIP,
     so discovery does not depend on the data path it maintains. Credentials are read at every call:
@@ -990,7 +989,7 @@ def discover_backends(cfg: GuardConfig, servers: Sequence[Backend]) -> frozenset
     for server in servers:
         try:
             with KubeClient(credentials, DISCOVERY_TIMEOUT_S, f"https://{server.endpoint}") as client:
-                return backends_from_endpointslices(client.get(ENDPOINTSLICES_PATH))
+                return backends_from_endpointslices({"items": [client.get(ENDPOINTSLICES_PATH)]})
         except KubeAPIError as exc:
             errors.append(f"{server}: {exc}")
     raise GuardError("discovery failed: " + ("; ".join(errors) or "no backend is up"))

@@ -7,16 +7,16 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: discovery_access
-short_description: Let the nodes list the apiservers' EndpointSlices, and nothing more
+short_description: Let the nodes read the apiservers' EndpointSlice, and nothing more
 version_added: 0.1.0
 description:
-  - The guard of the C(local_proxy) role finds the apiservers by listing the EndpointSlices of the
-    C(default/kubernetes) Service, authenticating with the node's kubelet client certificate (user
-    C(system:node:<name>), group C(system:nodes)). The Node authorizer and the default RBAC roles do not let
-    nodes list EndpointSlices in that namespace; this module grants exactly that.
-  - It keeps a Role with one rule, verbs V(get), V(list) and V(watch) on C(endpointslices) of API group
-    C(discovery.k8s.io), and a RoleBinding of the same name that grants it to O(subjects) (by default the group
-    C(system:nodes)). No C(resourceNames) are set, because Kubernetes cannot restrict V(list) to names. Both
+  - The guard of the C(local_proxy) role finds the apiservers by reading the EndpointSlice C(kubernetes) that
+    they keep for the C(default/kubernetes) Service, authenticating with the node's kubelet client certificate
+    (user C(system:node:<name>), group C(system:nodes)). The Node authorizer and the default RBAC roles do not let
+    nodes read EndpointSlices in that namespace; this module grants exactly that.
+  - It keeps a Role with one rule, verb V(get) on the C(endpointslices) of API group C(discovery.k8s.io) named
+    C(kubernetes) (C(resourceNames)), and a RoleBinding of the same name that grants it to O(subjects) (by
+    default the group C(system:nodes)). No V(list) or V(watch), which Kubernetes cannot restrict to names. Both
     objects are labelled C(app.kubernetes.io/managed-by=kubeha.apiserver).
   - Only the fields the module owns are compared, so a second run changes nothing - the rules, the roleRef,
     the subjects (as a set) and that label. Other labels, annotations and the metadata the apiserver fills
@@ -92,6 +92,8 @@ options:
     description:
       - Who is granted the access. The order does not matter and duplicates are written once.
       - The default is every node (kubelets authenticate in the group C(system:nodes)).
+      - Subjects that stand for everyone or every workload are refused (C(system:authenticated),
+        C(system:unauthenticated), C(system:anonymous), C(system:serviceaccounts) and its per-namespace groups).
     type: list
     elements: dict
     default:
@@ -211,7 +213,8 @@ role:
       sample:
         - apiGroups: [discovery.k8s.io]
           resources: [endpointslices]
-          verbs: [get, list, watch]
+          resourceNames: [kubernetes]
+          verbs: [get]
 role_binding:
   description: The RoleBinding, with the keys of RV(role) except C(rules).
   returned: success, or failure after a change

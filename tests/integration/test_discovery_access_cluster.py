@@ -1,6 +1,6 @@
 """discovery_access against the lab's real apiservers (Node and RBAC authorizers), seen by a real node identity.
 
-The proof is what the guard itself does: a GET of the ``kubernetes`` EndpointSlices in ``default`` with w2's
+The proof is what the guard itself does: a GET of the ``kubernetes`` EndpointSlice in ``default`` with w2's
 kubelet client certificate (read from the node's own kubelet.conf), sent from the host to cp1's apiserver and
 verified against the lab CA. Before the module that answers 403 (the negative control), after state=present
 200 with the three masters, after state=absent 403 again. The tests run in file order. site.yml grants the
@@ -30,10 +30,16 @@ NAME = "kubeha-apiserver:discovery"
 OTHER = "kubeha-apiserver:discovery-roleref-test"
 NOBODY = "kubeha-test:nobody"
 LABEL = "app.kubernetes.io/managed-by"
-SLICES = (
-    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name=kubernetes"
-)
-RULES = [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}]
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+SLICE = f"{SLICES}/kubernetes"  # what the guard reads
+RULES = [
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "resourceNames": ["kubernetes"],
+        "verbs": ["get"],
+    }
+]
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 PROPAGATION_S = 30  # the RBAC authorizer answers from its informer cache: a new binding takes a moment
 
@@ -66,8 +72,8 @@ def kubelet_identity(node: labmod.Node) -> tuple[bytes, bytes]:
     return material("client-certificate"), material("client-key")
 
 
-def list_slices_as(node: labmod.Node, master: labmod.Node) -> tuple[int, dict]:
-    """GET the kubernetes EndpointSlices from ``master``'s apiserver as ``node``'s kubelet; (status, body)."""
+def read_as(node: labmod.Node, master: labmod.Node, path: str = SLICE) -> tuple[int, dict]:
+    """GET ``path`` (the kubernetes EndpointSlice) from ``master``'s apiserver as ``node``'s kubelet; (status, body)."""
     cert, key = kubelet_identity(node)  # read each time: kubelet (or a rotation drill) may replace it
     with tempfile.TemporaryDirectory(prefix="kubeha-discovery-test-") as tmp:
         files = {"cert": Path(tmp) / "client.crt", "key": Path(tmp) / "client.key", "body": Path(tmp) / "body"}
@@ -89,7 +95,7 @@ def list_slices_as(node: labmod.Node, master: labmod.Node) -> tuple[int, dict]:
             str(files["body"]),
             "-w",
             "%{http_code}",
-            f"https://{master.addr4}:6443{SLICES}",
+            f"https://{master.addr4}:6443{path}",
             ns=labmod.HUB_NS,
             check=False,
         )
@@ -102,11 +108,13 @@ def wait_status(node: labmod.Node, master: labmod.Node, expected: int) -> dict:
     """Wait (with a deadline) until the apiserver answers ``expected``; that answer's body."""
 
     def answered() -> dict | None:
-        code, body = list_slices_as(node, master)
+        code, body = read_as(node, master)
         return body if code == expected else None
 
     return labmod.wait_for(
-        f"{node.name} listing endpointslices on {master.name} to answer {expected}", answered, PROPAGATION_S
+        f"{node.name} reading the kubernetes EndpointSlice on {master.name} to answer {expected}",
+        answered,
+        PROPAGATION_S,
     )
 
 
@@ -165,12 +173,12 @@ def clean(control_node):
     assert {k: v and restorable(v) for k, v in after.items()} == {k: v and restorable(v) for k, v in found.items()}
 
 
-def test_negative_control_the_node_cannot_list_endpointslices(clean, worker, master):
-    code, body = list_slices_as(worker, master)
+def test_negative_control_the_node_cannot_read_the_endpointslice(clean, worker, master):
+    code, body = read_as(worker, master)
     assert code == 403, body
     # Authenticated as the node (not a 401), and refused by the authorizers for exactly this request.
     message = body["message"]
-    assert 'User "system:node:w2" cannot list resource "endpointslices"' in message, message
+    assert 'User "system:node:w2" cannot get resource "endpointslices"' in message, message
     assert 'in API group "discovery.k8s.io" in the namespace "default"' in message, message
 
 
@@ -183,6 +191,7 @@ def test_negative_control_the_node_cannot_list_endpointslices(clean, worker, mas
             "namespace is only meaningful for a ServiceAccount",
         ),
         ({"subjects": []}, "subjects is empty"),
+        ({"subjects": [{"kind": "Group", "name": "system:authenticated"}]}, "stands for more than the nodes"),
         ({"name": "a/b"}, "'a/b' is not a valid Role name"),
         ({"namespace": "Default"}, "'Default' is not a valid namespace name"),
         ({"namespace": "no-such-namespace"}, "namespace no-such-namespace does not exist; nothing was changed"),
@@ -215,7 +224,7 @@ def test_check_mode_predicts_and_changes_nothing(clean, control_node, worker, ma
     assert result["actions"] == [f"created Role default/{NAME}", f"created RoleBinding default/{NAME}"]
     assert result["diff"][0]["before"] == {} and result["diff"][0]["after"]["rules"] == RULES
     assert versions() == {"role": None, "rolebinding": None}
-    assert list_slices_as(worker, master)[0] == 403
+    assert read_as(worker, master)[0] == 403
 
 
 def test_present_lets_the_node_list_the_masters(clean, control_node, worker, master, masters):
@@ -225,7 +234,7 @@ def test_present_lets_the_node_list_the_masters(clean, control_node, worker, mas
     assert (result["role"]["action"], result["role_binding"]["action"]) == ("created", "created")
 
     role, binding = rbac_object("role"), rbac_object("rolebinding")
-    assert role["rules"] == RULES  # exactly one rule, no resourceNames
+    assert role["rules"] == RULES  # exactly one rule: get of the one EndpointSlice
     assert role["metadata"]["labels"][LABEL] == "kubeha.apiserver"
     assert binding["metadata"]["labels"][LABEL] == "kubeha.apiserver"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}
@@ -234,13 +243,17 @@ def test_present_lets_the_node_list_the_masters(clean, control_node, worker, mas
     body = wait_status(worker, master, 200)
     endpoints = {
         (address, port["port"])
-        for item in body["items"]
-        for endpoint in item.get("endpoints") or []
+        for endpoint in body.get("endpoints") or []
         for address in endpoint["addresses"]
-        for port in item.get("ports") or []
+        for port in body.get("ports") or []
     }
     assert {(m.addr4, 6443) for m in masters} <= endpoints, endpoints
     assert {m.addr4 for m in masters} == {"10.88.0.11", "10.88.0.12", "10.88.0.13"}
+    # Nothing more: not a list of the namespace's EndpointSlices, not another one by name.
+    listed, listed_body = read_as(worker, master, SLICES)
+    assert listed == 403 and 'cannot list resource "endpointslices"' in listed_body["message"], listed_body
+    other, other_body = read_as(worker, master, f"{SLICES}/kubeha-other")
+    assert other == 403 and 'cannot get resource "endpointslices"' in other_body["message"], other_body
 
 
 def test_second_run_is_unchanged(clean, control_node):
@@ -258,7 +271,7 @@ def test_check_mode_of_absent_changes_nothing(clean, control_node, worker, maste
     assert result["changed"] is True
     assert result["actions"] == [f"deleted Role default/{NAME}", f"deleted RoleBinding default/{NAME}"]
     assert versions() == before
-    assert list_slices_as(worker, master)[0] == 200
+    assert read_as(worker, master)[0] == 200
 
 
 def test_other_role_ref_is_recreated(clean, control_node):

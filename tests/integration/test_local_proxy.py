@@ -46,7 +46,7 @@ def discovered(node) -> int | None:
 
 
 def test_every_guard_discovers_the_masters_and_needs_the_grant_to(installed, nodes, masters, control_node):
-    # Discovery lists the kubernetes EndpointSlices with the node's kubelet certificate: the discovery_access
+    # Discovery reads the kubernetes EndpointSlice with the node's kubelet certificate: the discovery_access
     # grant (site.yml) is what allows it. Negative control: without the grant a restarted guard finds nothing.
     everyone = list(nodes.values())
     labmod.wait_for(
@@ -62,7 +62,7 @@ def test_every_guard_discovers_the_masters_and_needs_the_grant_to(installed, nod
         time.sleep(15)  # discovery runs every 10 s
         assert discovered(node) == 0
         log = labmod.ssh(node, "journalctl -u kubeha-apiserver-guard --since -20s --no-pager").stdout
-        assert "discovery failed" in log and "forbidden: cannot list endpointslices" in log, log[-2000:]
+        assert "discovery failed" in log and "forbidden: cannot get endpointslices" in log, log[-2000:]
     finally:
         assert not run_module(control_node, "kubeha.apiserver.discovery_access", grant | {"state": "present"}).get(
             "failed"

@@ -30,7 +30,12 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_access
 
 NAME, NS = "kubeha-apiserver:discovery", "default"
 NODES = Subject("Group", "system:nodes")
-RULE = {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+RULE = {
+    "apiGroups": ["discovery.k8s.io"],
+    "resources": ["endpointslices"],
+    "resourceNames": ["kubernetes"],
+    "verbs": ["get"],
+}
 SERVER_METADATA = {
     "uid": "0b7e5f0c-1111-2222-3333-444455556666",
     "resourceVersion": "4242",
@@ -167,12 +172,42 @@ def test_paths_quote_the_name() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("Group", "system:authenticated"),
+        ("Group", "system:unauthenticated"),
+        ("User", "system:anonymous"),
+        ("Group", "system:serviceaccounts"),
+        ("Group", "system:serviceaccounts:kube-system"),
+    ],
+)
+def test_subjects_that_stand_for_everyone_are_refused(kind: str, name: str) -> None:
+    with pytest.raises(DiscoveryAccessError, match=rf"subjects\[1\] {kind} '{name}' stands for more than the nodes"):
+        normalize_subjects([{"kind": "Group", "name": "system:nodes"}, {"kind": kind, "name": name}], "default")
+
+
+def test_negative_control_the_nodes_and_a_dedicated_identity_are_accepted() -> None:
+    subjects = [
+        {"kind": "Group", "name": "system:nodes"},
+        {"kind": "User", "name": "kubeha-guard"},
+        {"kind": "ServiceAccount", "name": "kubeha-guard", "namespace": "kube-system"},
+    ]
+    assert [str(s) for s in normalize_subjects(subjects, "default")] == [
+        "Group system:nodes",
+        "User kubeha-guard",
+        "ServiceAccount kube-system/kubeha-guard",
+    ]
+
+
 def test_rules_compare_as_sets() -> None:
     assert rules_match([RULE])
-    assert rules_match([{**RULE, "verbs": ["watch", "list", "get"], "resourceNames": []}])
+    two = {**RULE, "apiGroups": ["discovery.k8s.io", "discovery.k8s.io"], "verbs": ["get", "get"]}
+    assert rules_match([two])  # the same sets, written otherwise
     assert not rules_match([{**RULE, "verbs": ["get", "list"]}])
     assert not rules_match([RULE, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
-    assert not rules_match([{**RULE, "resourceNames": ["kubernetes"]}])
+    assert not rules_match([{**RULE, "resourceNames": []}])  # every EndpointSlice: wider than the one needed
+    assert not rules_match([{**RULE, "resourceNames": ["kubernetes", "other"]}])
     assert not rules_match([])
     assert not rules_match(None)
 

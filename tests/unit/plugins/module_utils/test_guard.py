@@ -754,8 +754,8 @@ def test_discover_backends_asks_the_apiservers_in_turn(tmp_path: Path, monkeypat
     monkeypatch.setattr(_guard, "KubeClient", FakeKubeClient)
     FakeKubeClient.opened = []
     FakeKubeClient.answers = {
-        "https://10.0.0.12:6443": KubeAPIError("forbidden: cannot list endpointslices.discovery.k8s.io"),
-        "https://10.0.0.11:6443": {"items": [endpointslice({"10.0.0.11": True, "10.0.0.14": True})]},
+        "https://10.0.0.12:6443": KubeAPIError("forbidden: cannot get endpointslices.discovery.k8s.io"),
+        "https://10.0.0.11:6443": endpointslice({"10.0.0.11": True, "10.0.0.14": True}),
     }
     assert discover_backends(cfg, [M2, M1]) == {M1, M4}
     assert FakeKubeClient.opened == ["https://10.0.0.12:6443", "https://10.0.0.11:6443"]

@@ -26,7 +26,12 @@ ROLE_PATH = f"{RBAC}/roles/kubeha-apiserver%3Adiscovery"
 BINDING_PATH = f"{RBAC}/rolebindings/kubeha-apiserver%3Adiscovery"
 NS_PATH = "/api/v1/namespaces/default"
 LABEL = {"app.kubernetes.io/managed-by": "kubeha.apiserver"}
-RULE = {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+RULE = {
+    "apiGroups": ["discovery.k8s.io"],
+    "resources": ["endpointslices"],
+    "resourceNames": ["kubernetes"],
+    "verbs": ["get"],
+}
 NODES = {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:nodes"}
 REF = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}
 
@@ -225,7 +230,7 @@ def test_server_metadata_and_foreign_labels_do_not_churn(
     subjects = [{"kind": "Group", "name": "system:nodes"}]  # the server defaults apiGroup
     fake.put_object(ROLE_PATH, role(metadata={"name": NAME, "namespace": "default", "labels": labels}))
     fake.put_object(BINDING_PATH, binding(subjects=subjects, metadata={"name": NAME, "labels": labels}))
-    fake.objects[ROLE_PATH]["rules"][0]["verbs"] = ["watch", "list", "get"]
+    fake.objects[ROLE_PATH]["rules"][0]["verbs"] = ["get", "get"]  # the same set, written otherwise
     fake.objects[ROLE_PATH]["metadata"]["annotations"] = {"note": "kept"}
     result = run_module(capsys, {})
     assert result["changed"] is False

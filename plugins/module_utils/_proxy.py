@@ -646,6 +646,10 @@ class HaproxySettings:
     # without it haproxy checks only the chain, which any certificate the cluster CA signed (a node's) passes.
     # haproxy's verifyhost matches DNS names only, not the address SANs the guard's own probes verify.
     verify_name: str = DEFAULT_VERIFY_NAME
+    # haproxy's workers drop to this user and chroot here once the configuration, certificates and sockets are
+    # loaded (Debian's haproxy package makes both); "" keeps root and the real root.
+    user: str = "haproxy"
+    chroot: str = "/var/lib/haproxy"
 
 
 def haproxy_duration(seconds: float) -> str:
@@ -709,6 +713,8 @@ def render_haproxy(
         "# Written by the kubeha.apiserver guard: do not edit, it is rewritten when the apiservers change.",
         "global",
         "    log stderr format raw local0 notice",
+        *([f"    user {cfg.user}", f"    group {cfg.user}"] if cfg.user else []),
+        *([f"    chroot {cfg.chroot}"] if cfg.chroot else []),
         f"    stats socket {cfg.stats_socket} mode 600 level admin expose-fd listeners",
         # a reload leaves the old process serving its connections (watches): end them after 5 minutes,
         # which client-go's watch timeouts (5 to 10 minutes) would do anyway

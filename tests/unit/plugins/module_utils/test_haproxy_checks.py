@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime
 import http.server
 import ipaddress
+import os
+import pwd
+import re
 import shutil
 import socket
 import ssl
@@ -127,6 +130,9 @@ def impostor(pki) -> Iterator[int]:
     yield from tls_server(pki["other"], pki["other_key"])
 
 
+RUNNING_AS: dict[str, str] = {}  # the last haproxy's user id and root directory, read while it ran
+
+
 def server_states(tmp_path: Path, pki, ports: list[int], **settings) -> dict[str, str]:
     """Run the rendered configuration until every server has a verdict (3 s at most); {server name: UP or DOWN}."""
     socket_path = tmp_path / "haproxy.sock"
@@ -152,6 +158,9 @@ def server_states(tmp_path: Path, pki, ports: list[int], **settings) -> dict[str
             states = {row[1]: row[17].split()[0] for row in rows if len(row) > 17 and row[1] != "BACKEND"
                       and row[0] == "kube_apiservers"}  # fmt: skip
             if states and all(state in ("UP", "DOWN") for state in states.values()):
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                RUNNING_AS["uid"] = re.search(r"^Uid:\s+(\d+)", status, re.M).group(1)
+                RUNNING_AS["root"] = os.readlink(f"/proc/{proc.pid}/root")
                 break
     finally:
         proc.terminate()
@@ -172,3 +181,12 @@ def test_negative_control_with_the_chain_alone_the_other_certificate_passes(tmp_
     """What the checks did before verifyhost: the cluster CA's signature is all they asked."""
     states = server_states(tmp_path, pki, [apiserver, impostor], verify_name="")
     assert states == {name(apiserver): "UP", name(impostor): "UP"}
+
+
+def test_haproxy_runs_as_its_own_user_in_a_chroot(tmp_path, pki, apiserver):
+    # After loading the configuration, the CA and the sockets as root, haproxy drops to the haproxy user of
+    # Debian's package and chroots to its empty directory. Negative control: with neither set it stays root.
+    assert server_states(tmp_path, pki, [apiserver]) == {name(apiserver): "UP"}
+    assert {"uid": str(pwd.getpwnam("haproxy").pw_uid), "root": "/var/lib/haproxy"} == RUNNING_AS
+    assert server_states(tmp_path, pki, [apiserver], user="", chroot="") == {name(apiserver): "UP"}
+    assert RUNNING_AS == {"uid": "0", "root": "/"}

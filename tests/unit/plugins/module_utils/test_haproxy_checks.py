@@ -165,7 +165,7 @@ def server_states(tmp_path: Path, pki, ports: list[int], **settings) -> dict[str
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
-    return {name: state for name, state in states.items()}
+    return states
 
 
 def name(port: int) -> str:

@@ -101,6 +101,7 @@ def check(
     own_interface: str = "kha0",
     metrics_address: str = "127.0.0.1",
     metrics_port: int = 9445,
+    node_addresses: Iterable[str] = (),
 ) -> Verdict:
     errors: list[str] = []
     warnings: list[str] = []
@@ -129,6 +130,14 @@ def check(
         errors.append("no backend shares an address family with the VIPs")
     if len(set(parsed)) != len(parsed):
         errors.append("backends list the same ADDRESS:PORT twice")
+    # The inventory's hosts: a VIP that is another node's address would capture that node's traffic here. Given the
+    # same on every host, so refused everywhere, not only on the node that has it (names are not addresses: skipped).
+    for text in node_addresses:
+        try:
+            address = ipaddress.ip_address(str(text).strip("[]"))
+        except ValueError:
+            continue
+        errors.extend(f"VIP {v} is the address of a host of the inventory ({text})" for v in vips if v == address)
     # The same on every node (the backends are the cluster's), so refused everywhere, not only on that master.
     errors.extend(
         f"VIP {v} is the address of the apiserver {format_endpoint(a, bport)}: a VIP must be an address no host has"

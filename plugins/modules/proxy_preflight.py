@@ -70,6 +70,13 @@ options:
     description: Port of the guard's metrics endpoint, not the proxy's O(port); V(0) for no endpoint.
     type: int
     default: 9445
+  node_addresses:
+    description:
+      - The addresses of every host of the inventory; a virtual address equal to one of them is refused on every
+        node, not only on the host that has it. Entries that are not IP addresses (names) are skipped.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -130,13 +137,14 @@ def main() -> None:
             "interface": {"type": "str", "default": "kha0"},
             "metrics_address": {"type": "str", "default": "127.0.0.1"},
             "metrics_port": {"type": "int", "default": 9445},
+            "node_addresses": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     p = module.params
     facts = read_node_facts(module.get_bin_path("ip", opt_dirs=["/sbin", "/usr/sbin"]) or "ip")
     verdict = check(p["vip4"], p["vip6"], p["port"], p["backends"], p["mode"], facts, p["forbidden_ranges"],
-                    p["interface"], p["metrics_address"], p["metrics_port"])  # fmt: skip
+                    p["interface"], p["metrics_address"], p["metrics_port"], p["node_addresses"])  # fmt: skip
     for warning in verdict.warnings:
         module.warn(warning)
     local = [a.split("/")[0] for name, addrs in facts.interfaces.items() if name not in ("lo", p["interface"])

@@ -76,6 +76,18 @@ def test_unusable_vips_are_refused_naming_the_reason(vip4, vip6, expected):
     assert [e for e in verdict.errors if expected in e] != [], verdict.errors
 
 
+def test_a_vip_that_is_another_hosts_address_is_refused_on_every_node():
+    # The IPVS worker's own facts do not have 10.88.0.22 (w2's): only the inventory's addresses can tell.
+    hosts = ["10.88.0.11", "10.88.0.21", "10.88.0.22", "fd88:88::22", "w3.example"]  # a name is skipped
+    verdict = check("10.88.0.22", "fd88:88::22", 6444, BACKENDS, "auto", IPVS_NODE, node_addresses=hosts)
+    assert [e for e in verdict.errors if "host of the inventory" in e] == [
+        "VIP 10.88.0.22 is the address of a host of the inventory (10.88.0.22)",
+        "VIP fd88:88::22 is the address of a host of the inventory (fd88:88::22)",
+    ]
+    # Negative control: the default VIPs are no host's address.
+    assert check("169.254.100.1", "fd6b:6861::1", 6444, BACKENDS, "auto", IPVS_NODE, node_addresses=hosts).errors == []
+
+
 def test_negative_control_usable_vips_of_every_kind_pass():
     """IPv4 link-local (the default), private and ULA addresses are what a VIP should be."""
     for vip4, vip6 in (("169.254.100.1", "fd6b:6861::1"), ("10.200.0.1", "fd00:1::1"), ("192.0.2.10", "2001:db8::a")):

@@ -22,11 +22,12 @@ def kube_proxy_cm() -> dict:
 
 
 def create_vip_services(node, backends) -> None:
+    """Both VIP services, each created by this call (the module found it absent and added it)."""
     for vip, attr in ((VIP4, "addr4"), (VIP6, "addr6")):
         reals = [{"address": getattr(m, attr), "port": BACKEND_PORT} for m in backends]
         args = {"address": vip, "port": VIP_PORT, "real_servers": reals}
         result = run_module(node, "kubeha.apiserver.ipvs_service", args)
-        assert not result.get("failed"), result
+        assert not result.get("failed") and result["changed"] is True, result
 
 
 def vip_services(node) -> list[str]:
@@ -60,8 +61,10 @@ def after_syncs(node, done) -> list[str]:
 
 
 def test_negative_control_without_exclude_kube_proxy_deletes_the_vip(clean_exclude, ipvs_node, backends):
+    # Each service is known to have been created (create_vip_services). Not checked after both: on the emulated node
+    # the two creations take about 35 s, and the running kube-proxy (without the exclude) may already delete the
+    # first on its 30 s periodic sync, which is this test's claim arriving early (seen in CI, 2026-12-07).
     create_vip_services(ipvs_node, backends)
-    assert len(vip_services(ipvs_node)) == 2
     labmod.restart_kube_proxy(ipvs_node)
     assert after_syncs(ipvs_node, lambda services: services == []) == []
 

@@ -339,8 +339,9 @@ def test_a_manifest_left_aside_by_an_interrupted_run_is_put_back(masters, state)
         recovered = run.stdout.split("Put back the static pod manifest an interrupted run left aside")[1].split(
             "TASK ["
         )[0]
-        assert re.search(rf"changed: \[\w+ -> {victim.name}\]", recovered), recovered
-        assert not re.search(rf"changed: \[\w+ -> {other.name}\]", recovered), recovered
+        # The delegated host is shown with its address when it has one: "changed: [cp1 -> cp2(10.88.0.12)]".
+        assert re.search(rf"changed: \[\w+ -> {victim.name}(\([^)]*\))?\]", recovered), recovered
+        assert not re.search(rf"changed: \[\w+ -> {other.name}(\([^)]*\))?\]", recovered), recovered
     finally:
         for node in (victim, other):
             labmod.ssh(node, f"rm -rf {Path(TEST_MANIFEST).parent.parent}")

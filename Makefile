@@ -77,16 +77,18 @@ test-kubeadm-lab: lab-build
 
 # make test runs each lab suite on one flavour (README, The lab): every collection suite on the binary flavour, then
 # on the kubeadm flavour its acceptance and a new worker's kubeadm join through its own VIP. Each ends with its lab
-# down (test_zz_down.py). Three suites and one test run in `make test-extended` instead, for time (README, Time).
+# down (test_zz_down.py). Four suites and one test run in `make test-extended` instead, for time (README, Time).
 RESET_THEN_SITE := tests/integration/test_local_proxy.py::test_reset_removes_everything_then_site_restores
-BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_apiserver_cert_sans.py \
+BINARY_SUITE := tests/lab/test_lab.py \
   tests/integration/test_cluster_endpoint_cluster.py tests/integration/test_discovery_access_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
   tests/integration/test_local_proxy.py tests/lab/test_zz_down.py
 KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_kubeadm_join_through_vip.py \
   tests/lab/test_zz_down.py
+# The certificate role's own suite (forced restarts, rollback, recovery, reset) is here for time since 2026-12-07;
+# make test proves the VIPs in every certificate through the molecule install's verify (README, Time).
 EXTENDED := tests/integration/test_local_proxy_day2.py tests/integration/test_local_proxy_kubeconfigs.py \
-  tests/integration/test_molecule_day2.py
+  tests/integration/test_molecule_day2.py tests/integration/test_apiserver_cert_sans.py
 # make test-extended starts from the drills' install (molecule default), for reset-then-site and the day-2 suite.
 EXTENDED_INSTALL := tests/integration/test_local_proxy.py::test_every_guard_discovers_the_masters_and_needs_the_grant_to
 test: lint sanity lab-build
@@ -103,8 +105,8 @@ test-kubeadm: lab-build
 	KUBEHA_LAB_FLAVOUR=kubeadm $(BIN)/pytest $(KUBEADM_COLLECTION_SUITE) -q -p no:cacheprovider --durations=40
 
 # The molecule install with reset-then-site and the day-2 suite, then the kubeconfig switch suite (refusal, check mode,
-# present, rollback, absent byte for byte) and the molecule day2 scenario (a fourth master joins, then leaves), then
-# lab down.
+# present, rollback, absent byte for byte), the molecule day2 scenario (a fourth master joins, then leaves) and the
+# certificate role's suite, then lab down.
 test-extended: lab-build
 	$(BIN)/pytest tests/lab/test_lab.py $(EXTENDED_INSTALL) $(RESET_THEN_SITE) $(EXTENDED) tests/lab/test_zz_down.py -q -p no:cacheprovider \
 	  --durations=20

@@ -31,8 +31,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import i
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
     embedded_data,
-    referenced_files,
-    select,
+    load_selection,
 )
 
 _CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.S)
@@ -154,15 +153,8 @@ def describe(dest: str) -> str:
 
 def plan(kubeconfig: str, dest: str, context: str | None = None) -> ClientCertPlan:
     """Which certificate and key the kubeconfig's current (or given) context presents, and what dest needs."""
-    yaml = import_yaml()
-    text = _read(kubeconfig, "the kubeconfig")
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ClientCertError(f"{kubeconfig} is not valid YAML: {exc}") from exc
-    try:
-        selection = select(doc, kubeconfig, context)
-        files = referenced_files(selection)
+        selection, files = load_selection(kubeconfig, context, import_yaml())
     except KubeconfigError as exc:
         raise ClientCertError(str(exc)) from exc
     user = dict(selection.user or {})

@@ -32,8 +32,7 @@ from typing import Any
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
     embedded_data,
-    referenced_files,
-    select,
+    load_selection,
 )
 
 USER_AGENT = "kubeha.apiserver"
@@ -135,20 +134,8 @@ def load_kubeconfig(path: str, context: str | None = None, *, allow_insecure: bo
     ``allow_insecure``: the credentials would go to whoever answers. Credential plugins (``exec``,
     ``auth-provider``), basic auth, ``proxy-url`` and ``tls-server-name`` are refused with a clear error.
     """
-    yaml = import_yaml()
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        hint = " (run the task with become)" if isinstance(exc, PermissionError) else ""
-        raise KubeAPIError(f"cannot read the kubeconfig {path}: {exc.strerror or exc}{hint}") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise KubeAPIError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        selection = select(doc, path, context)
-        files = referenced_files(selection)
+        selection, files = load_selection(path, context, import_yaml())
     except KubeconfigError as exc:
         raise KubeAPIError(str(exc)) from exc
     cluster, user = selection.cluster, selection.user or {}

@@ -181,3 +181,21 @@ def embedded_data(entry: Mapping[str, Any], key: str, where: str) -> bytes | Non
         return base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise KubeconfigError(f"{where}.{key}-data is not valid base64") from exc
+
+
+def load_selection(path: str, context: str | None, yaml: Any) -> tuple[Selection, dict[str, str]]:
+    """Read and parse the kubeconfig file ``path`` (with the PyYAML module ``yaml``), select ``context`` (default:
+    ``current-context``): the selection and the files it names (``referenced_files``). The one reader of a kubeconfig
+    file for the apiserver client and kubeconfig_client_cert."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        hint = " (run the task with become)" if isinstance(exc, PermissionError) else ""
+        raise KubeconfigError(f"cannot read the kubeconfig {path}: {exc.strerror or exc}{hint}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeconfigError(f"{path} is not valid YAML: {exc}") from exc
+    selection = select(doc, path, context)
+    return selection, referenced_files(selection)

@@ -25,6 +25,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
     UP,
     Guard,
     GuardConfig,
+    GuardError,
     Hooks,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import plan, to_dict
@@ -150,6 +151,9 @@ def converge(cfg: GuardConfig, config_path: str, hooks: Hooks | None = None) -> 
     try:
         guard.startup()
         guard.run_round()
+        # The running guard retries; a run must not report success with a data path it could not apply.
+        if (error := guard.apply_error()) is not None:
+            raise GuardError(error)
         weights = dict(guard.weights)
         fail_open = bool(guard.fail_open_families)
     finally:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
-from ansible_collections.kubeha.apiserver.plugins.module_utils._files import atomic_write
+from ansible_collections.kubeha.apiserver.plugins.module_utils._files import atomic_write, fsync_directory
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
     IPVSError,
     PyRoute2IPVS,
@@ -96,6 +96,9 @@ STATE_VERSION = 1
 # in discovery could otherwise grow without end.
 DEPARTED_KEPT = 32
 DISCOVERED_MAX = 16  # discovered backends accepted at most (the first, in address order): an answer cannot flood
+# A discovered backend leaves after this many answers in a row without it, one backend per answer: an empty or
+# shrunken answer (a wrong RBAC change, an endpoint reconciler between leases) cannot empty the set at once.
+DISCOVERY_MISSES = 3
 STARTUP_RETRY_S = 30.0  # start-up retried with back-off (1, 2, 4 ... s) for this long before the rounds take over
 STARTUP_FIRST_RETRY_S = 1.0
 HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round for this many intervals
@@ -131,6 +134,8 @@ DEFAULT_STATE_FILE = "/var/lib/kubeha-apiserver/state.json"
 DEFAULT_HAPROXY_CONFIG = "/etc/kubeha-apiserver/haproxy.cfg"
 DEFAULT_HAPROXY_PEM = "/etc/kubeha-apiserver/haproxy-client.pem"
 DEFAULT_RELOAD_COMMAND = ("systemctl", "reload", "kubeha-apiserver-haproxy.service")
+# Run with a candidate configuration's path appended, before it replaces the one in use.
+DEFAULT_CHECK_COMMAND = ("/usr/sbin/haproxy", "-c", "-f")
 
 Runner = Callable[..., tuple[int, str, str]]
 
@@ -163,6 +168,7 @@ class HaproxyConfig:
     config_path: str = DEFAULT_HAPROXY_CONFIG
     pem_path: str = DEFAULT_HAPROXY_PEM
     reload_command: tuple[str, ...] = DEFAULT_RELOAD_COMMAND
+    check_command: tuple[str, ...] = DEFAULT_CHECK_COMMAND
     stats_socket: str = DEFAULT_STATS_SOCKET
     verify_name: str = DEFAULT_VERIFY_NAME
 
@@ -234,7 +240,7 @@ TOP_KEYS = (
     "haproxy",
 )
 DISCOVERY_KEYS = ("enabled", "kubeconfig", "interval_s", "networks", "max_backends")
-HAPROXY_KEYS = ("config_path", "pem_path", "reload_command", "stats_socket", "verify_name")
+HAPROXY_KEYS = ("config_path", "pem_path", "reload_command", "check_command", "stats_socket", "verify_name")
 
 
 class _Reader:
@@ -429,12 +435,15 @@ def parse_config(doc: Any, source: str = "config") -> GuardConfig:
             f'{hap.name("verify_name")} {json.dumps(verify_name)} is not a DNS name (or "" for the chain alone)'
         )
     reload_command = hap.string_list("reload_command", DEFAULT_RELOAD_COMMAND)
-    if not reload_command:
-        raise ConfigError(f"{source}: haproxy: reload_command is empty")
+    check_command = hap.string_list("check_command", DEFAULT_CHECK_COMMAND)
+    for option, command in (("reload_command", reload_command), ("check_command", check_command)):
+        if not command:
+            raise ConfigError(f"{source}: haproxy: {option} is empty")
     haproxy = HaproxyConfig(
         config_path=hap.path("config_path", DEFAULT_HAPROXY_CONFIG) or DEFAULT_HAPROXY_CONFIG,
         pem_path=hap.path("pem_path", DEFAULT_HAPROXY_PEM) or DEFAULT_HAPROXY_PEM,
         reload_command=tuple(reload_command),
+        check_command=tuple(check_command),
         stats_socket=hap.path("stats_socket", DEFAULT_STATS_SOCKET) or DEFAULT_STATS_SOCKET,
         verify_name=verify_name,
     )
@@ -1011,6 +1020,7 @@ class MetricsSnapshot:
     fail_open: bool
     discovered: int
     apply_errors: int
+    haproxy_refused: int = 0
 
 
 def _label(value: str) -> str:
@@ -1082,6 +1092,12 @@ def render_metrics(snap: MetricsSnapshot) -> str:
         "counter",
         "Failed attempts to apply the data path (IPVS, haproxy configuration or reload).",
         [("", snap.apply_errors)],
+    )
+    family(
+        "kubeha_apiserver_haproxy_refused_total",
+        "counter",
+        "haproxy configurations or reloads that haproxy refused (the configuration in use kept serving).",
+        [("", snap.haproxy_refused)],
     )
     return "\n".join(lines) + "\n"
 
@@ -1235,7 +1251,9 @@ class Guard:
         self.transitions: dict[tuple[Backend, str], int] = {}
         self._departed: dict[Backend, None] = {}  # backends that left, oldest first (an ordered set)
         self._refused: list[str] = []  # discovered backends ignored last time, with why
+        self._misses: dict[Backend, int] = {}  # discovered backends: answers in a row that lacked each
         self.apply_errors = 0
+        self.haproxy_refused = 0
         self.last_reconcile: float | None = None
         self._last_round: float | None = None
         # One IPVS netlink socket per thread: pyroute2 0.9 sockets fail with ECONNRESET when two threads (the
@@ -1248,6 +1266,8 @@ class Guard:
         self._unanswered: dict[Backend, int] = {}  # unanswered fast-check connects in a row
         self._state_written: dict[str, Any] | None = None
         self._haproxy_applied: str | None = None
+        self._haproxy_refusal: tuple[str, str] | None = None  # the last text haproxy's check refused, and why
+        self._haproxy_check_retry_at = 0.0
         self._reload_pending = False
         self._reload_retry_at = 0.0
         self._pem_stamp: Any = None
@@ -1261,6 +1281,10 @@ class Guard:
         if self._errors.get(key) != message:
             LOG.error("%s", message)
         self._errors[key] = message
+
+    def apply_error(self) -> str | None:
+        """Why the last attempt to apply the data path failed, while it has not worked since."""
+        return self._errors.get("apply")
 
     def _recovered(self, key: str, what: str) -> None:
         if self._errors.pop(key, None) is not None:
@@ -1587,6 +1611,41 @@ class Guard:
         self._pem_stamp = stamp
         return not unchanged
 
+    def _replace_haproxy_config(self, text: str) -> None:
+        """Put `text` in place of the configuration file only once haproxy's own check accepts it: a refused one
+        never reaches the file that a reload or the next start of haproxy reads. A refused text is checked again
+        at the reload retry pace (the cause, say a missing CA file, may be fixed outside), not every round."""
+        hap = self.cfg.haproxy
+        now = self.hooks.monotonic()
+        if self._haproxy_refusal and self._haproxy_refusal[0] == text and now < self._haproxy_check_retry_at:
+            raise GuardError(self._haproxy_refusal[1])
+        candidate = hap.config_path + ".new"
+        try:
+            atomic_write(candidate, text, 0o644)
+        except OSError as exc:
+            raise GuardError(f"cannot write {candidate}: {exc.strerror or exc}") from exc
+        try:
+            rc, out, err = self.hooks.runner([*hap.check_command, candidate])
+            if rc != 0:
+                self.haproxy_refused += 1
+                said = (err + out).splitlines()
+                alerts = [line for line in said if "[ALERT]" in line] or said  # not its version NOTICEs
+                message = (
+                    f"haproxy refuses the new configuration, {hap.config_path} keeps the one in use: "
+                    f"{command_error((*hap.check_command, candidate), rc, ' '.join(alerts))}"
+                )
+                self._haproxy_refusal, self._haproxy_check_retry_at = (text, message), now + RELOAD_RETRY_S
+                raise GuardError(message)
+            try:
+                os.replace(candidate, hap.config_path)
+                fsync_directory(os.path.dirname(os.path.abspath(hap.config_path)))
+            except OSError as exc:
+                raise GuardError(f"cannot replace {hap.config_path}: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(candidate)
+        self._haproxy_refusal = None
+
     def _apply_haproxy(self) -> bool:
         hap = self.cfg.haproxy
         try:
@@ -1602,10 +1661,7 @@ class Guard:
                 except OSError:
                     on_disk = None
                 if on_disk != text:
-                    try:
-                        atomic_write(hap.config_path, text, 0o644)
-                    except OSError as exc:
-                        raise GuardError(f"cannot write {hap.config_path}: {exc.strerror or exc}") from exc
+                    self._replace_haproxy_config(text)
                     LOG.info("haproxy: wrote %s (%d backends)", hap.config_path, len(self.backends))
                     self._reload_pending = wrote = True
                 self._haproxy_applied = text
@@ -1616,7 +1672,11 @@ class Guard:
                 self._reload_retry_at = now + RELOAD_RETRY_S
                 rc, _out, err = self.hooks.runner(list(hap.reload_command))
                 if rc != 0:
-                    raise GuardError(f"reloading haproxy: {command_error(hap.reload_command, rc, err)}")
+                    self.haproxy_refused += 1
+                    raise GuardError(
+                        f"reloading haproxy (the running one keeps its configuration): "
+                        f"{command_error(hap.reload_command, rc, err)}"
+                    )
                 self._reload_pending = False
                 LOG.info("haproxy: reloaded")
         except GuardError as exc:
@@ -1691,9 +1751,31 @@ class Guard:
                 for reason in refused:
                     LOG.warning("discovery: ignoring %s", reason)
                 self._refused = refused
-            self.discovered = admitted
+            self.discovered = self._after_answer(admitted)
             self._set_backends(backend_set(self.cfg.seeds, self.discovered))
         return True
+
+    def _after_answer(self, admitted: frozenset[Backend]) -> frozenset[Backend]:
+        """The discovered set after an answer: one the answer lacks stays until ``DISCOVERY_MISSES`` answers in a
+        row lacked it, and one at most leaves per answer (the longest missing, then in address order). A seed
+        the answer lacks leaves the discovered set at once (it stays a backend as a seed)."""
+        for backend in admitted:
+            self._misses.pop(backend, None)
+        # A seed stays in the data path whatever the answers say: only the others need the wait.
+        missing = sort_backends(b for b in self.discovered - admitted if b not in self.cfg.seeds)
+        for backend in missing:
+            self._misses[backend] = self._misses.get(backend, 0) + 1
+        due = [b for b in missing if self._misses[b] >= DISCOVERY_MISSES]
+        if due:
+            leaving = max(due, key=lambda b: self._misses[b])  # max keeps the first of equals: address order
+            missing.remove(leaving)
+            del self._misses[leaving]
+            LOG.info("discovery: %s left the kubernetes EndpointSlice (%d answers in a row); removed", leaving,
+                     DISCOVERY_MISSES)  # fmt: skip
+        room = max(0, self.cfg.discovery.max_backends - len(admitted))
+        for backend in missing[room:]:  # kept ones never push the set past its bound
+            del self._misses[backend]
+        return admitted | frozenset(missing[:room])
 
     def reload_config(self) -> bool:
         """SIGHUP: load the configuration again; on any problem, log it and keep the current one."""
@@ -1718,6 +1800,7 @@ class Guard:
             self.tracker.reconfigure(new.rise, new.fall)
             if not new.discovery.enabled:
                 self.discovered = frozenset()
+            self._misses = {b: n for b, n in self._misses.items() if b in self.discovered}
             self._set_backends(backend_set(new.seeds, self.discovered))
             self._pem_stamp = None
             if (old.vips, old.port, old.prefer_local) != (new.vips, new.port, new.prefer_local):
@@ -1741,6 +1824,7 @@ class Guard:
                 fail_open=bool(self.fail_open_families),
                 discovered=len(self.discovered),
                 apply_errors=self.apply_errors,
+                haproxy_refused=self.haproxy_refused,
             )
 
     def healthy(self) -> tuple[bool, str]:

@@ -344,10 +344,11 @@ def test_all_masters_but_one_down_then_they_return(installed, nodes, masters, ki
         result = drill(node, lambda: apiservers(stopped, "stop"), seconds=10)
         print(f"\n{kind} on {node.name}, {', '.join(m.name for m in stopped)} stopped: {json.dumps(result)}")
         assert result["requests"] >= 30
-        # A graceful stop refuses new connections at once: the fast check (every 0.25 s) sees it, the probe round
-        # (fall 2 x 1 s) at the latest. That bound, not the fast check's figure: a loaded 2-core CI machine slows
-        # the emulated node's guard (make bench measures the figures themselves, side by side).
-        assert result["last_failure_s"] is None or result["last_failure_s"] <= 2.5, result
+        # A stopping apiserver first answers 500 to /readyz with its listener still open (CI saw it 2026-12-07),
+        # which only the probe rounds see: fall 2 x interval 1 s, a probe's timeout (1 s) and the round under way
+        # (1 s). That bound, not the fast check's figure: a loaded 2-core CI machine slows the emulated node's guard
+        # (make bench measures the figures themselves, side by side).
+        assert result["last_failure_s"] is None or result["last_failure_s"] <= 4.0, result
         assert spread(node, 12) == {last.name: 12}
     finally:
         apiservers(stopped, "start")

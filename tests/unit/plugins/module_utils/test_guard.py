@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import struct
@@ -153,6 +154,9 @@ class FakeRunner:
         self.calls.append(argv)
         if stdin is not None:
             self.stdin[" ".join(argv)] = stdin
+        return self.responses_for(argv)
+
+    def responses_for(self, argv: Sequence[str]) -> tuple[int, str, str]:
         matches = [p for p in self.responses if tuple(argv[: len(p)]) == p]
         if not matches:
             return 0, "", ""
@@ -419,7 +423,8 @@ def churn(r: Rig, rounds: int) -> None:
     """Discovery finds a different extra master every time (a cluster whose masters are replaced over and over)."""
     for n in range(rounds):
         r.discovered = frozenset({Backend(f"10.0.{1 + n // 250}.{1 + n % 250}", 6443)})
-        assert r.guard.discover_once()
+        for _answer in range(_guard.DISCOVERY_MISSES):  # the one before leaves after this many answers
+            assert r.guard.discover_once()
         r.round()
         r.round()  # rise 2: it comes up, so it has a latency and a transition
 
@@ -1218,7 +1223,8 @@ def test_discovery_adds_backends_and_never_drops_the_seeds(rig: RigFactory, capl
     r.round()
     assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.14:6443": 1}
     r.discovered = frozenset({M1})
-    r.guard.discover_once()
+    for _answer in range(_guard.DISCOVERY_MISSES):
+        r.guard.discover_once()
     assert r.guard.backends == (M1, M2)
     r.discovery_error = GuardError("discovery failed: 10.0.0.12:6443: forbidden")
     with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
@@ -1229,6 +1235,80 @@ def test_discovery_adds_backends_and_never_drops_the_seeds(rig: RigFactory, capl
     r.round()
     assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1}
     assert r.guard.snapshot().discovered == 1
+
+
+def discovery_rig(rig: RigFactory) -> Rig:
+    r = rig(seeds=["10.0.0.11:6443"], client_cert_file="/c.pem", discovery={"enabled": True})
+    r.round()
+    return r
+
+
+M5 = Backend("10.0.0.15", 6443)
+
+
+def test_an_empty_answer_removes_discovered_backends_only_after_it_repeats_one_at_a_time(
+    rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = discovery_rig(rig)
+    r.discovered = frozenset({M1, M4, M5})
+    assert r.guard.discover_once()
+    r.discovered = frozenset()  # an empty answer (say, a wrong RBAC change that still answers 200)
+    for _answer in range(_guard.DISCOVERY_MISSES - 1):
+        assert r.guard.discover_once()
+        assert r.guard.backends == (M1, M4, M5)  # still in the data path
+    with caplog.at_level(logging.INFO, logger="kubeha-apiserver-guard"):
+        assert r.guard.discover_once()
+    assert r.guard.backends == (M1, M5)  # one only: the first in address order of those missing longest
+    assert "discovery: 10.0.0.14:6443 left the kubernetes EndpointSlice (3 answers in a row); removed" in caplog.text
+    assert r.guard.discover_once()
+    assert r.guard.backends == (M1,)  # the seed stays, whatever the answers say
+    assert r.guard.discover_once() and r.guard.backends == (M1,)
+
+
+def test_a_backend_back_in_the_answer_starts_its_count_again(rig: RigFactory) -> None:
+    r = discovery_rig(rig)
+    r.discovered = frozenset({M1, M4})
+    assert r.guard.discover_once()
+    for answer in [{M1}, {M1}, {M1, M4}, {M1}, {M1}]:  # a flapping answer: never three in a row without it
+        r.discovered = frozenset(answer)
+        assert r.guard.discover_once()
+        assert r.guard.backends == (M1, M4)
+    assert r.guard.discover_once()
+    assert r.guard.backends == (M1,)
+
+
+def test_negative_control_taking_each_answer_as_it_is_empties_the_set_at_once(
+    rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What discovery did before: the answer replaced the discovered set, so the same empty answer takes every
+    discovered backend away at the first discovery."""
+    monkeypatch.setattr(Guard, "_after_answer", lambda self, admitted: admitted)
+    r = discovery_rig(rig)
+    r.discovered = frozenset({M1, M4, M5})
+    assert r.guard.discover_once()
+    r.discovered = frozenset()
+    assert r.guard.discover_once()
+    assert r.guard.backends == (M1,)
+
+
+def test_a_master_the_inventory_and_the_answer_both_dropped_leaves_at_once(rig: RigFactory, tmp_path: Path) -> None:
+    # remove_master.yml: cp3 left the EndpointSlice, then the inventory (guard.json's seeds) drops it: no wait.
+    r = rig(seeds=["10.0.0.11:6443", "10.0.0.13:6443"], client_cert_file="/c.pem", discovery={"enabled": True})
+    r.round()
+    r.discovered = frozenset({M1, M3, M4})
+    assert r.guard.discover_once()
+    r.discovered = frozenset({M1, M4})
+    assert r.guard.discover_once()
+    config = tmp_path / "guard.json"
+    config.write_text(json.dumps(config_doc(tmp_path, seeds=["10.0.0.11:6443"], client_cert_file="/c.pem",
+                                            discovery={"enabled": True})))  # fmt: skip
+    assert r.guard.reload_config()
+    assert r.guard.backends == (M1, M4)
+    # A master the inventory drops while discovery still finds it stays (discovery vouches for it).
+    config.write_text(json.dumps(config_doc(tmp_path, seeds=["10.0.0.14:6443"], client_cert_file="/c.pem",
+                                            discovery={"enabled": True})))  # fmt: skip
+    assert r.guard.reload_config()
+    assert r.guard.backends == (M1, M4)
 
 
 def test_restart_remembers_discovered_backends(rig: RigFactory) -> None:
@@ -1471,6 +1551,8 @@ def test_haproxy_reload_failure_is_retried_later(rig: RigFactory, tmp_path: Path
     r.round()
     assert len(r.runner.commands("systemctl")) == 1
     assert r.guard.snapshot().apply_errors == 1
+    assert "kubeha_apiserver_haproxy_refused_total 1" in render_metrics(r.guard.snapshot())
+    assert "failed (exit 1): Job for kubeha-apiserver-haproxy.service failed." in r.guard.apply_error()
     r.round()
     assert r.runner.commands("systemctl") == []  # not every round
     r.runner.respond(["systemctl"], (0, "", ""))
@@ -1634,3 +1716,67 @@ def test_many_unanswering_backends_take_one_timeout_not_several(
     assert capped >= 0.85, (sized, capped)
     print(f"\n20 unanswering backends: {sized:.2f} s with the sized pool, {capped:.2f} s with 8 threads")
     assert sized < 0.6 * capped, (sized, capped)
+
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def haproxy_rig(rig: RigFactory, tmp_path: Path, check_command: list[str]) -> Rig:
+    """Haproxy mode whose configuration check is run for real (Debian's haproxy, installed by make setup); the
+    reload stays a recorded command."""
+    r = rig(
+        mode="haproxy", haproxy={"config_path": str(tmp_path / "etc" / "haproxy.cfg"), "check_command": check_command}
+    )
+    fake = r.runner
+
+    def runner(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        fake(argv, stdin)
+        return _guard.run_command(argv, stdin) if argv[0] in (HAPROXY, "true") else fake.responses_for(argv)
+
+    r.guard.hooks = dataclasses.replace(r.guard.hooks, runner=runner)
+    return r
+
+
+def test_a_configuration_haproxy_refuses_never_replaces_the_one_in_use(rig: RigFactory, tmp_path: Path) -> None:
+    # The CA file the checks name goes missing: haproxy -c refuses the next configuration (a fourth master), so the
+    # file keeps the one in use, nothing is reloaded, the refusal is counted and logged once, and it is checked
+    # again only at the retry pace. Once the CA is back, the next check passes and haproxy is reloaded.
+    small_ca(tmp_path)
+    r = haproxy_rig(rig, tmp_path, [HAPROXY, "-c", "-f"])
+    config = tmp_path / "etc" / "haproxy.cfg"
+    r.round()
+    assert len(r.runner.commands("systemctl")) == 1 and r.guard.apply_error() is None
+    in_use = config.read_text()
+    (tmp_path / "ca.crt").unlink()
+    r.guard._set_backends(backend_set(r.cfg.seeds, [M4]))
+    r.round()
+    assert config.read_text() == in_use
+    assert r.runner.commands("systemctl") == []
+    assert sorted(p.name for p in config.parent.iterdir()) == ["haproxy.cfg"]  # no candidate left behind
+    snap = r.guard.snapshot()
+    assert snap.haproxy_refused == 1 and snap.apply_errors == 1
+    assert "haproxy refuses the new configuration" in r.guard.apply_error()
+    assert str(tmp_path / "ca.crt") in r.guard.apply_error()  # haproxy's own words name the missing file
+    r.round()
+    assert r.runner.commands(HAPROXY) == [] and r.guard.snapshot().haproxy_refused == 1  # not every round
+    small_ca(tmp_path)
+    r.clock.now += 30
+    r.round()
+    assert "10.0.0.14_6443" in config.read_text()
+    assert len(r.runner.commands("systemctl")) == 1 and r.guard.apply_error() is None
+
+
+def test_negative_control_without_the_check_the_refused_configuration_lands_in_the_file(
+    rig: RigFactory, tmp_path: Path
+) -> None:
+    """As before the check: the same change is written in place, and haproxy's check of that file (the unit's
+    ExecStartPre and ExecReload) fails: the next start of haproxy would fail."""
+    small_ca(tmp_path)
+    r = haproxy_rig(rig, tmp_path, ["true"])
+    config = tmp_path / "etc" / "haproxy.cfg"
+    r.round()
+    (tmp_path / "ca.crt").unlink()
+    r.guard._set_backends(backend_set(r.cfg.seeds, [M4]))
+    r.round()
+    assert "10.0.0.14_6443" in config.read_text()
+    assert _guard.run_command([HAPROXY, "-c", "-q", "-f", str(config)])[0] != 0

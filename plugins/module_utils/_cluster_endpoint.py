@@ -35,14 +35,19 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import EndpointError, parse_port
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
+    configmap_digest,
+    daemonset_path,
     import_yaml,
     object_path,
+    record_running_configuration,
+    restart_due,
+    restarted_for,
     rollout_restart,
     update_with_retry,
 )
@@ -876,7 +881,7 @@ class Outcome:
 
     @property
     def changed(self) -> bool:
-        return any(obj["changed"] for obj in self.objects.values())
+        return self.kube_proxy_restarted or any(obj["changed"] for obj in self.objects.values())
 
     def result(self) -> dict[str, Any]:
         """The module's return values (without ``diff`` and ``warnings``)."""
@@ -949,7 +954,17 @@ def run(
 
     client = client_factory()
     try:
+        pods: dict[str, Any] = {}  # kube-proxy's DaemonSet, with restart_kube_proxy
+        if restart_daemonset:
+            try:
+                pods = client.get(daemonset_path("kube-system", restart_daemonset))
+            except KubeAPIError as exc:
+                raise ClusterEndpointError(
+                    f"cannot read DaemonSet kube-system/{restart_daemonset} (restart_kube_proxy): {exc}; nothing was "
+                    "changed"
+                ) from exc
         plans: dict[str, ServerPlan | SansPlan] = {}
+        read: dict[str, dict[str, Any]] = {}
         for target in targets:
             try:
                 obj = client.get(target.path)
@@ -959,6 +974,8 @@ def run(
                 if target.name != KUBEADM_CONFIG:
                     raise _missing(target) from exc
                 obj = None
+            if obj is not None:
+                read[target.name] = obj
             plan = _plan(target, obj, server, sans, state)
             if isinstance(plan, SansPlan) and plan.skipped and kubeadm_required:
                 raise ClusterEndpointError(f"kubeadm_config_required is set, but {plan.message}; nothing was changed")
@@ -973,8 +990,25 @@ def run(
             diff = [plan.diff() for plan in shown.values() if not (isinstance(plan, SansPlan) and plan.skipped)]
             return Outcome(server, objects, diff, signed or [], warnings, restarted)
 
+        # kube-proxy reads kubeconfig.conf only when it starts: its DaemonSet is rolled when its pods run another
+        # ConfigMap than the one there now (the marker on the DaemonSet, recorded before a change), so a run that
+        # died between the change and the restart is completed by the next one.
+        proxy_before = read.get(KUBE_PROXY)
+        restart_due_now = bool(restart_daemonset and proxy_before is not None)
         if check_mode:
+            if restart_due_now:
+                proxy_after = _apply(copy.deepcopy(proxy_before), plans[KUBE_PROXY])
+                marker = restarted_for(pods) or configmap_digest(proxy_before)
+                return replace(outcome(), kube_proxy_restarted=marker != configmap_digest(proxy_after))
             return outcome()
+        if restart_due_now and plans[KUBE_PROXY].changed and restarted_for(pods) is None:
+            try:
+                pods = record_running_configuration(client, "kube-system", restart_daemonset, pods, proxy_before)
+            except KubeAPIError as exc:
+                raise ClusterEndpointError(
+                    f"recording on DaemonSet kube-system/{restart_daemonset} which configuration kube-proxy runs: "
+                    f"{exc}; nothing was changed"
+                ) from exc
         for target in targets:
             if not plans[target.name].changed:
                 continue
@@ -999,10 +1033,10 @@ def run(
                     "signature to wait for; kubeadm join --discovery-token needs one"
                 )
         restarted = False
-        if restart_daemonset and KUBE_PROXY in written:
-            # kube-proxy reads kubeconfig.conf when it starts: roll its DaemonSet as `kubectl rollout restart` does.
+        proxy_now = client.get(TARGET_SPECS[KUBE_PROXY].path) if restart_due_now else None
+        if proxy_now is not None and restart_due(pods, proxy_now):
             try:
-                rollout_restart(client, "kube-system", restart_daemonset)
+                rollout_restart(client, "kube-system", restart_daemonset, configmap=proxy_now)
             except KubeAPIError as exc:
                 raise AfterChangeError(
                     _after_change(f"restarting DaemonSet kube-system/{restart_daemonset}: {exc}", written),

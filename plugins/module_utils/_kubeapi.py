@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import http.client
 import json
 import os
@@ -37,6 +38,10 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig impor
 
 USER_AGENT = "kubeha.apiserver"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+# On a DaemonSet: the digest of the ConfigMap data its pods were last restarted for. A run that changed the
+# ConfigMap and died before the restart leaves it stale, and the next run restarts: the decision comes from this
+# marker, not from "this run changed the ConfigMap".
+RESTARTED_FOR = "kubeha.apiserver/restarted-for-configmap"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_CONTENT = "application/json"
@@ -471,13 +476,47 @@ def rfc3339_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def rollout_restart(client: Any, namespace: str, name: str, now: str | None = None) -> dict[str, Any]:
-    """What ``kubectl rollout restart daemonset/<name>`` does: a new pod template annotation.
+def rollout_restart(
+    client: Any, namespace: str, name: str, now: str | None = None, configmap: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``kubectl rollout restart daemonset/<name>`` does: a new pod template annotation; with ``configmap``,
+    the same patch records its digest as the configuration the pods now start with (``RESTARTED_FOR``).
 
     Returns the patched DaemonSet.
     """
-    patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now or rfc3339_now()}}}}}
+    patch: dict[str, Any] = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now or rfc3339_now()}}}}}
+    if configmap is not None:
+        patch["metadata"] = {"annotations": {RESTARTED_FOR: configmap_digest(configmap)}}
     return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
+
+
+def configmap_digest(configmap: Mapping[str, Any]) -> str:
+    """A SHA-256 of a ConfigMap's data (and binaryData), independent of key order."""
+    content = {"data": configmap.get("data") or {}, "binaryData": configmap.get("binaryData") or {}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def restarted_for(daemonset: Mapping[str, Any]) -> str | None:
+    """The digest of the ConfigMap the DaemonSet's pods were last restarted for, or None (never recorded)."""
+    return ((daemonset.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_FOR)
+
+
+def record_running_configuration(
+    client: Any, namespace: str, name: str, daemonset: Mapping[str, Any], configmap: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Before a change of ``configmap``: a DaemonSet with no marker gets the digest of what its pods run now (the
+    ConfigMap as it is), so a run that dies after the change leaves a marker that says a restart is due. The
+    DaemonSet as it is (or as patched)."""
+    if restarted_for(daemonset) is not None:
+        return dict(daemonset)
+    patch = {"metadata": {"annotations": {RESTARTED_FOR: configmap_digest(configmap)}}}
+    return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
+
+
+def restart_due(daemonset: Mapping[str, Any], configmap: Mapping[str, Any]) -> bool:
+    """Whether the DaemonSet's pods run another configuration than ``configmap``'s (never recorded: no)."""
+    marker = restarted_for(daemonset)
+    return marker is not None and marker != configmap_digest(configmap)
 
 
 def update_strategy(daemonset: Mapping[str, Any]) -> str:

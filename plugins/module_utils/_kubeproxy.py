@@ -24,9 +24,12 @@ from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
+    configmap_digest,
     daemonset_path,
     import_yaml,
     object_path,
+    record_running_configuration,
+    restarted_for,
     rollout_restart,
     update_strategy,
     update_with_retry,
@@ -409,27 +412,33 @@ def run(params: Mapping[str, Any], client_factory: Callable[[], Any], check_mode
 
     client = client_factory()
     try:
+        pods: dict[str, Any] = {}  # the DaemonSet, with restart
         if restart:
             try:
-                client.get(daemonset_path(namespace, daemonset))  # fail before writing anything
+                pods = client.get(daemonset_path(namespace, daemonset))  # fail before writing anything
             except KubeAPIError as exc:
                 raise _daemonset_error(exc, namespace, daemonset) from exc
         try:
+            before = client.get(path) if check_mode or (restart and restarted_for(pods) is None) else None
             if check_mode:
-                mutate(copy.deepcopy(client.get(path)))
+                after = mutate(copy.deepcopy(before)) or before
             else:
-                update_with_retry(client, path, mutate)
+                if before is not None and mutate(copy.deepcopy(before)) is not None:
+                    pods = _record(client, namespace, daemonset, pods, before)
+                before, after = update_with_retry(client, path, mutate)
         except KubeAPIError as exc:
             raise _configmap_error(exc, namespace, name, cidrs) from exc
 
         warnings = [w for w in [mode_warning(seen.mode, where)] if w]
         diff = {"before": seen.before, "after": seen.after, "before_header": where, "after_header": where}
-        restarted = seen.changed and restart
-        outcome = Outcome(seen.changed, seen.excludes, seen.mode, restarted, diff, warnings)
+        # Due when the pods run another ConfigMap than this one, even if an earlier run made the change and died
+        # before restarting; in check mode a DaemonSet without a marker counts as running the ConfigMap before.
+        restarted = restart and (restarted_for(pods) or configmap_digest(before)) != configmap_digest(after)
+        outcome = Outcome(seen.changed or restarted, seen.excludes, seen.mode, restarted, diff, warnings)
         if not restarted or check_mode:
             return outcome
         try:
-            patched = rollout_restart(client, namespace, daemonset)
+            patched = rollout_restart(client, namespace, daemonset, configmap=after)
             if update_strategy(patched) == "OnDelete" and not wait:
                 warnings.append(
                     f"DaemonSet {namespace}/{daemonset} uses the OnDelete update strategy: its pods are not "
@@ -445,6 +454,19 @@ def run(params: Mapping[str, Any], client_factory: Callable[[], Any], check_mode
         close = getattr(client, "close", None)
         if callable(close):
             close()
+
+
+def _record(
+    client: Any, namespace: str, daemonset: str, pods: dict[str, Any], before: dict[str, Any]
+) -> dict[str, Any]:
+    try:
+        return record_running_configuration(client, namespace, daemonset, pods, before)
+    except KubeAPIError as exc:
+        raise KubeAPIError(
+            f"recording on DaemonSet {namespace}/{daemonset} which configuration kube-proxy runs: {exc}; nothing was "
+            "changed",
+            exc.status,
+        ) from exc
 
 
 def _daemonset_error(exc: KubeAPIError, namespace: str, daemonset: str) -> KubeAPIError:

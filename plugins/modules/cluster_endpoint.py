@@ -132,9 +132,13 @@ options:
     default: false
   restart_kube_proxy:
     description:
-      - Name of kube-proxy's DaemonSet in C(kube-system) to restart (as C(kubectl rollout restart) does) when this
-        task changed the V(kube_proxy) target, since kube-proxy reads C(kubeconfig.conf) only when it starts.
-        Empty (the default) restarts nothing. Where kube-proxy is a systemd unit, restart the unit instead.
+      - Name of kube-proxy's DaemonSet in C(kube-system) to restart (as C(kubectl rollout restart) does) when its
+        pods run another C(kube-proxy) ConfigMap than the one there now, since kube-proxy reads C(kubeconfig.conf)
+        only when it starts. The DaemonSet carries the digest of the ConfigMap it was last restarted for (annotation
+        C(kubeha.apiserver/restarted-for-configmap), recorded before a change), so a run that changed the target and
+        died before the restart is completed by the next run; without that annotation the pods are taken to run
+        the ConfigMap as it is. The DaemonSet is read before anything is written.
+      - Empty (the default) restarts nothing. Where kube-proxy is a systemd unit, restart the unit instead.
     type: str
     default: ""
   timeout:
@@ -196,7 +200,9 @@ changed_objects:
   elements: str
   sample: [kube-public/cluster-info, kube-system/kube-proxy]
 kube_proxy_restarted:
-  description: Whether kube-proxy's DaemonSet was restarted (O(restart_kube_proxy) and a changed V(kube_proxy) target).
+  description:
+    - Whether kube-proxy's DaemonSet was restarted (in check mode, whether it would be); see O(restart_kube_proxy).
+      A restart is a change.
   returned: success
   type: bool
   sample: true

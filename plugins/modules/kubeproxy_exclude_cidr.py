@@ -48,7 +48,11 @@ notes:
     file or with its C(--ipvs-exclude-cidrs) flag.
   - The list is harmless when kube-proxy does not run in IPVS mode; the module then warns that it is not needed.
   - kube-proxy reads its configuration when it starts. With O(restart), its DaemonSet is restarted like
-    C(kubectl rollout restart) does, and only when this task changed the ConfigMap.
+    C(kubectl rollout restart) does whenever its pods run another ConfigMap than the one there now; the DaemonSet
+    carries the digest of the ConfigMap it was last restarted for (annotation
+    C(kubeha.apiserver/restarted-for-configmap), recorded before a change), so a run that changed the ConfigMap
+    and died before the restart is completed by the next run. A DaemonSet without that annotation is taken to
+    run the ConfigMap as it is.
   - Proxy variables of the environment (C(HTTPS_PROXY)) are ignored; the apiserver is reached directly.
     Kubeconfig credential plugins (C(exec), C(auth-provider)), C(proxy-url) and C(tls-server-name) are not
     supported.
@@ -92,9 +96,10 @@ options:
     default: config.conf
   restart:
     description:
-      - When the ConfigMap was changed (and not in check mode), restart kube-proxy's DaemonSet the way
+      - When kube-proxy's pods run another ConfigMap than the one there now (this task changed it, or an
+        earlier run changed it and did not get to the restart), restart kube-proxy's DaemonSet the way
         C(kubectl rollout restart) does, by setting the C(kubectl.kubernetes.io/restartedAt) annotation of
-        its pod template.
+        its pod template; the same patch records the ConfigMap's digest on the DaemonSet. Not in check mode.
       - The DaemonSet must exist; this is checked before anything is written.
     type: bool
     default: false
@@ -163,7 +168,7 @@ mode_is_ipvs:
   sample: true
 restarted:
   description:
-    - Whether kube-proxy's DaemonSet was restarted (in check mode, whether it would be).
+    - Whether kube-proxy's DaemonSet was restarted (in check mode, whether it would be). A restart is a change.
   returned: success
   type: bool
   sample: false

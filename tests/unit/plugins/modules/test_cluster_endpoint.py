@@ -15,8 +15,10 @@ from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint as ce
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
+    RESTARTED_FOR,
     KubeAPIError,
     MissingLibraryError,
+    configmap_digest,
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import cluster_endpoint
@@ -26,6 +28,7 @@ ANNOTATION = "kubeha.apiserver/original-server"
 CI_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 KC_PATH = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config"
 KP_PATH = "/api/v1/namespaces/kube-system/configmaps/kube-proxy"
+DS_PATH = "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
 TOKEN_ID, TOKEN_SECRET = "abcdef", "0123456789abcdef"
 
 CLUSTER_INFO = f"""\
@@ -81,6 +84,10 @@ class FakeAPI:
             CI_PATH: self._cm("cluster-info", "kube-public", {"kubeconfig": CLUSTER_INFO}),
             KC_PATH: self._cm("kubeadm-config", "kube-system", {"ClusterConfiguration": CLUSTER_CONFIGURATION}),
             KP_PATH: self._cm("kube-proxy", "kube-system", {"config.conf": CONFIG_CONF, "kubeconfig.conf": KUBE_PROXY}),
+            DS_PATH: {
+                "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+                "spec": {"template": {"metadata": {}}, "updateStrategy": {"type": "RollingUpdate"}},
+            },
         }
         self.sign()
         self.signer_running = True
@@ -134,9 +141,12 @@ class FakeAPI:
         return copy.deepcopy(stored)
 
     def patch(self, path: str, body: dict[str, Any], content_type: str = "") -> dict[str, Any]:
-        self.calls.append(("PATCH", path))
+        current = self._call("PATCH", path)
         self.patched = body
-        return {"metadata": {"name": path.rsplit("/", 1)[-1]}, "spec": {"updateStrategy": {"type": "RollingUpdate"}}}
+        current["metadata"].setdefault("annotations", {}).update(body.get("metadata", {}).get("annotations", {}))
+        template = body.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+        current["spec"]["template"]["metadata"].setdefault("annotations", {}).update(template)
+        return copy.deepcopy(current)
 
     def close(self) -> None:
         self.closed = True
@@ -238,16 +248,55 @@ def test_second_run_is_unchanged_and_writes_nothing(api: FakeAPI, capsys: pytest
 def test_restart_kube_proxy_rolls_the_daemonset_only_when_its_kubeconfig_changed(
     api: FakeAPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    daemonset = "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
+    daemonset = DS_PATH
     check = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"}, check_mode=True)
-    assert check["kube_proxy_restarted"] is False and ("PATCH", daemonset) not in api.calls
+    assert check["kube_proxy_restarted"] is True and ("PATCH", daemonset) not in api.calls  # predicted
     first = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
     assert first["kube_proxy_restarted"] is True
-    assert api.calls.count(("PATCH", daemonset)) == 1
+    # No marker yet: what the pods run is recorded before the change, then the restart records the new ConfigMap.
+    assert api.calls.count(("PATCH", daemonset)) == 2
     annotations = api.patched["spec"]["template"]["metadata"]["annotations"]
     assert "kubectl.kubernetes.io/restartedAt" in annotations
+    marker = api.objects[DS_PATH]["metadata"]["annotations"][RESTARTED_FOR]
+    assert marker == configmap_digest(api.objects[KP_PATH])
     second = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
-    assert second["kube_proxy_restarted"] is False and api.calls.count(("PATCH", daemonset)) == 1
+    assert second["kube_proxy_restarted"] is False and api.calls.count(("PATCH", daemonset)) == 2
+    assert second["changed"] is False
+
+
+def test_a_kube_proxy_restart_left_undone_by_a_dead_run_happens_on_the_next_run(
+    api: FakeAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The run that pointed kube-proxy's kubeconfig at the VIP died before rolling the DaemonSet (its restart PATCH
+    # failed): the next run changes no object, yet restarts kube-proxy once, then no more.
+    restart = PRESENT | {"restart_kube_proxy": "kube-proxy"}
+    real_patch = api.patch
+
+    def die_at_the_restart(path: str, body: dict[str, Any], content_type: str = "") -> dict[str, Any]:
+        if "spec" in body:
+            api.calls.append(("PATCH", path))
+            raise error_for_status("PATCH", path, 503, b'{"message": "the controller died here"}')
+        return real_patch(path, body, content_type)
+
+    api.patch = die_at_the_restart  # type: ignore[method-assign]
+    first = run_module(capsys, restart)
+    assert first["failed"] is True and api.objects[KP_PATH]["data"]["kubeconfig.conf"] == KUBE_PROXY.replace(OLD, VIP)
+    api.patch = real_patch  # type: ignore[method-assign]
+    check = run_module(capsys, restart, check_mode=True)
+    assert (check["changed"], check["kube_proxy_restarted"], check["changed_objects"]) == (True, True, [])
+    second = run_module(capsys, restart)
+    assert (second["changed"], second["kube_proxy_restarted"], second["changed_objects"]) == (True, True, [])
+    third = run_module(capsys, restart)
+    assert (third["changed"], third["kube_proxy_restarted"]) == (False, False)
+
+
+def test_negative_control_without_a_marker_a_run_that_changes_nothing_restarts_nothing(
+    api: FakeAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cluster the collection never restarted kube-proxy on (no marker), already at the VIP: no restart."""
+    api.objects[KP_PATH]["data"]["kubeconfig.conf"] = KUBE_PROXY.replace(OLD, VIP)
+    result = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
+    assert result["kube_proxy_restarted"] is False and ("PATCH", DS_PATH) not in api.calls
 
 
 def test_check_mode_predicts_and_changes_nothing(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,10 @@ from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _kubeapi
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     RESTARTED_AT,
+    RESTARTED_FOR,
     KubeAPIError,
     MissingLibraryError,
+    configmap_digest,
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import kubeproxy_exclude_cidr
@@ -116,10 +118,13 @@ class FakeAPI:
 
     def patch(self, path: str, body: dict[str, Any], content_type: str) -> dict[str, Any]:
         current = self._object("PATCH", path)
-        annotations = body["spec"]["template"]["metadata"]["annotations"]
-        current["spec"]["template"]["metadata"].setdefault("annotations", {}).update(annotations)
-        current["metadata"]["generation"] += 1
-        current["status"]["observedGeneration"] = current["metadata"]["generation"]
+        marker = body.get("metadata", {}).get("annotations", {})
+        current["metadata"].setdefault("annotations", {}).update(marker)
+        if "spec" in body:  # a template change: a new generation of pods
+            annotations = body["spec"]["template"]["metadata"]["annotations"]
+            current["spec"]["template"]["metadata"].setdefault("annotations", {}).update(annotations)
+            current["metadata"]["generation"] += 1
+            current["status"]["observedGeneration"] = current["metadata"]["generation"]
         return copy.deepcopy(current)
 
     def close(self) -> None:
@@ -282,8 +287,11 @@ def test_conflict_is_retried(api: dict[str, Any], capsys: pytest.CaptureFixture[
 def test_restart_only_when_changed(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     result = run_module(capsys, {**ARGS, "restart": True})
     assert result["restarted"] is True
-    assert api["fake"].methods() == ["GET", "GET", "PUT", "PATCH"]
+    # The DaemonSet had no marker: what its pods run is recorded before the ConfigMap changes, then the restart
+    # records the new ConfigMap in the same patch that rolls the pods.
+    assert api["fake"].methods() == ["GET", "GET", "PATCH", "GET", "PUT", "PATCH"]
     assert RESTARTED_AT in api["fake"].daemonset["spec"]["template"]["metadata"]["annotations"]
+    assert api["fake"].daemonset["metadata"]["annotations"][RESTARTED_FOR] == configmap_digest(api["fake"].configmap)
 
     api["fake"].calls.clear()
     result = run_module(capsys, {**ARGS, "restart": True})
@@ -304,7 +312,7 @@ def test_restart_and_wait(
     monkeypatch.setattr(_kubeapi.time, "sleep", lambda seconds: None)
     result = run_module(capsys, {**ARGS, "restart": True, "wait": True, "wait_timeout": 5})
     assert result["restarted"] is True
-    assert api["fake"].methods() == ["GET", "GET", "PUT", "PATCH", "GET"]
+    assert api["fake"].methods() == ["GET", "GET", "PATCH", "GET", "PUT", "PATCH", "GET"]
 
 
 def test_restart_with_missing_daemonset_writes_nothing(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
@@ -317,7 +325,14 @@ def test_restart_with_missing_daemonset_writes_nothing(api: dict[str, Any], caps
     assert stored(api) == CONFIG
 
 
+def restarted_before(api: dict[str, Any]) -> None:
+    """As an earlier run leaves the DaemonSet: its pods restarted for the ConfigMap as it is now."""
+    marker = {RESTARTED_FOR: configmap_digest(api["fake"].configmap)}
+    api["fake"].daemonset["metadata"]["annotations"] = marker
+
+
 def test_failed_restart_reports_the_change(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    restarted_before(api)
     api["fake"].errors[("PATCH", DS_PATH)] = error_for_status("PATCH", DS_PATH, 403, b'{"message": "no"}')
     result = run_module(capsys, {**ARGS, "restart": True})
     assert result["failed"] is True
@@ -368,3 +383,52 @@ def test_real_make_client_reads_the_kubeconfig(
     result = run_module(capsys, {**ARGS, "kubeconfig": "/nonexistent/admin.conf"})
     assert result["failed"] is True
     assert result["msg"].startswith("cannot read the kubeconfig /nonexistent/admin.conf")
+
+
+def test_a_restart_that_an_earlier_run_left_undone_happens_on_the_next_run(
+    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first run changes the ConfigMap and dies before the restart (its PATCH refused): the marker it recorded
+    # first says the pods run the old ConfigMap, so the next run restarts, though it changes nothing itself.
+    api["fake"].errors[("PATCH", DS_PATH)] = error_for_status("PATCH", DS_PATH, 503, b'{"message": "down"}')
+    api["fake"].daemonset["metadata"]["annotations"] = {}
+    first = run_module(capsys, {**ARGS, "restart": True})
+    assert first["failed"] is True and "nothing was changed" in first["msg"] and stored(api) == CONFIG
+    del api["fake"].errors[("PATCH", DS_PATH)]
+    fail_restart_once(api)
+    second = run_module(capsys, {**ARGS, "restart": True})
+    assert (second.get("failed"), second["changed"], second["restarted"]) == (True, True, False)
+    assert stored(api) == EXPECTED
+    check = run_module(capsys, {**ARGS, "restart": True}, check_mode=True)
+    assert (check["changed"], check["restarted"]) == (True, True)  # predicted: a restart is a change
+    third = run_module(capsys, {**ARGS, "restart": True})
+    assert (third["changed"], third["restarted"]) == (True, True)
+    assert RESTARTED_AT in api["fake"].daemonset["spec"]["template"]["metadata"]["annotations"]
+    fourth = run_module(capsys, {**ARGS, "restart": True})
+    assert (fourth["changed"], fourth["restarted"]) == (False, False)  # done once, not at every run
+
+
+def fail_restart_once(api: dict[str, Any]) -> None:
+    """The next template PATCH (the restart) fails once; marker-only patches go through."""
+    fake, patch = api["fake"], api["fake"].patch
+
+    def failing(path: str, body: dict[str, Any], content_type: str) -> dict[str, Any]:
+        if "spec" in body and not getattr(fake, "failed_once", False):
+            fake.failed_once = True
+            fake.calls.append(("PATCH", path))
+            raise error_for_status("PATCH", path, 503, b'{"message": "the controller died here"}')
+        return patch(path, body, content_type)
+
+    fake.patch = failing
+
+
+def test_a_configmap_changed_by_hand_with_no_marker_is_not_a_restart(
+    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Negative control: a cluster the collection never restarted has no marker; a run that changes nothing does not
+    restart kube-proxy (the pods are taken to run the ConfigMap as it is), with an up-to-date marker neither."""
+    api["fake"].configmap["data"]["config.conf"] = EXPECTED
+    assert run_module(capsys, {**ARGS, "restart": True})["restarted"] is False
+    assert "PATCH" not in api["fake"].methods()
+    restarted_before(api)
+    assert run_module(capsys, {**ARGS, "restart": True})["restarted"] is False

@@ -10,12 +10,16 @@
 - ``fsync_directory``: that last step alone, for a rename or unlink done another way (AnsibleModule.atomic_move);
 - ``prune_backups``: only the newest few of Ansible's timestamped backups (``<file>.<pid>.<date>@<time>~``) stay,
   so a file changed on every run does not grow its directory without end. Other copies (the collection's
-  ``.kubeha-orig``) are never touched.
+  ``.kubeha-orig``) are never touched;
+- restart markers: a small file holding the digest of the content a service last (re)started with. Recorded
+  before the content changes (``adopt_marker``), it makes a restart the change needs happen on the next run
+  when the run that made the change died before restarting (``restart_due``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -75,3 +79,30 @@ def prune_backups(path: str, keep: int = BACKUPS_KEPT) -> list[str]:
     if removed:
         fsync_directory(os.path.dirname(os.path.abspath(path)))
     return removed
+
+
+def content_digest(data: bytes | str) -> str:
+    """The SHA-256 of a file's content, as restart markers hold it."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+
+
+def read_marker(path: str) -> str | None:
+    """The digest a restart marker holds; None when there is none (or it holds no digest)."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            value = handle.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return value if re.fullmatch(r"[0-9a-f]{64}", value) else None
+
+
+def adopt_marker(path: str, digest: str) -> None:
+    """Before a change: a missing marker records ``digest``, what the service runs now (never overwrites one)."""
+    if read_marker(path) is None:
+        atomic_write(path, digest + "\n", 0o644)
+
+
+def restart_due(marker: str | None, before: str, after: str) -> bool:
+    """Whether the service runs other content than ``after`` (digests): by its marker, or without one by
+    ``before`` (the content as the run found it, which the service is taken to run)."""
+    return (marker or before) != after

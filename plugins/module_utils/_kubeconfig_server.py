@@ -35,9 +35,13 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint
     set_server,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._files import (
+    adopt_marker,
     atomic_write,
+    content_digest,
     fsync_directory,
     prune_backups,
+    read_marker,
+    restart_due,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError, import_yaml
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import KubeconfigError, select
@@ -374,6 +378,8 @@ class Outcome:
     original_file: str
     diff: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    restart_due: bool = False
+    digest: str = ""
 
     def result(self) -> dict[str, Any]:
         """The module's return values (without ``diff`` and ``warnings``)."""
@@ -388,6 +394,8 @@ class Outcome:
             "groups": list(self.groups),
             "backup_file": self.backup_file,
             "original_file": self.original_file,
+            "restart_due": self.restart_due,
+            "digest": self.digest,
         }
 
 
@@ -424,6 +432,7 @@ def run(
     do_verify = params.get("verify", True) is not False
     verify_always = bool(params.get("verify_always"))
     do_backup = params.get("backup", True) is not False
+    marker_path = params.get("restart_marker") or None
     original_path = path + ORIGINAL_SUFFIX
 
     text = files.read(path)
@@ -447,6 +456,10 @@ def run(
         "after": redact(plan.text_after),
     }
 
+    digest_before = content_digest(plan.text_before)
+    digest_after = content_digest(plan.text_after)
+    marker = read_marker(marker_path) if marker_path else None
+
     def outcome(backup_file: str | None) -> Outcome:
         return Outcome(
             changed=plan.changed,
@@ -461,10 +474,19 @@ def run(
             original_file=original_path,
             diff=diff,
             warnings=warnings,
+            restart_due=bool(marker_path) and restart_due(marker, digest_before, digest_after),
+            digest=digest_after,
         )
 
     if check_mode or not plan.changed:
         return outcome(None)
+    if marker_path and plan.write:
+        try:
+            adopt_marker(marker_path, digest_before)
+        except OSError as exc:
+            raise KubeconfigServerError(
+                f"{path}: recording in {marker_path} what the unit reads now failed: {exc}; nothing was changed"
+            ) from exc
     backup_file = None
     if plan.keep_original:
         try:

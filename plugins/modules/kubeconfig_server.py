@@ -107,6 +107,15 @@ options:
         of the original, C(<path>.kubeha-orig), is never removed by this option.
     type: bool
     default: true
+  restart_marker:
+    description:
+      - A file holding the SHA-256 of the kubeconfig's content that the service reading it last started with.
+        Before the file is changed, a missing marker records the content as it is (what the service runs now).
+      - RV(restart_due) then says whether the service runs other content than the file's, also when an earlier
+        run changed the file and died before restarting the service. Record RV(digest) in the marker once the
+        service has restarted (the P(kubeha.apiserver.kubeconfig_endpoint#role) role does).
+      - Without it RV(restart_due) is always V(false).
+    type: path
   timeout:
     description:
       - Seconds to wait for the server's answer when verifying.
@@ -180,6 +189,18 @@ groups:
   type: list
   elements: str
   sample: [system:nodes, system:authenticated]
+restart_due:
+  description:
+    - Whether the service reading the file runs other content than the file's (in check mode, than the file would
+      have), by O(restart_marker); V(false) without it.
+  returned: success
+  type: bool
+  sample: true
+digest:
+  description: The SHA-256 of the file's content after the task (in check mode, as it would be); for O(restart_marker).
+  returned: success
+  type: str
+  sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 backup_file:
   description: The backup made before the file was replaced (O(backup)); V(null) when none was made.
   returned: success
@@ -214,6 +235,7 @@ ARGUMENT_SPEC = {
     "verify": {"type": "bool", "default": True},
     "verify_always": {"type": "bool", "default": False},
     "backup": {"type": "bool", "default": True},
+    "restart_marker": {"type": "path"},
     "timeout": {"type": "int", "default": 10},
     **KUBECONFIG_SECURITY_SPEC,
 }

@@ -119,3 +119,38 @@ def test_missing_configmap_names_the_object(clean_exclude, control_node):
     result = run_module(control_node, MODULE, {"cidrs": [VIP4], "kubeconfig": ADMIN, "configmap": "no-such-proxy"})
     assert result.get("failed") is True
     assert "no-such-proxy" in result["msg"] and "kubeadm" in result["msg"], result["msg"]
+
+
+MARKER = "kubeha.apiserver/restarted-for-configmap"
+
+
+def kube_proxy_ds() -> dict:
+    return json.loads(labmod.kubectl("get", "-n", "kube-system", "ds", "kube-proxy", "-o", "json").stdout)
+
+
+def restarted_at(ds: dict) -> str | None:
+    return (ds["spec"]["template"]["metadata"].get("annotations") or {}).get("kubectl.kubernetes.io/restartedAt")
+
+
+def test_a_restart_a_dead_run_left_undone_happens_on_the_next_run(clean_exclude, control_node):
+    # On the real apiserver: a run restarts kube-proxy's DaemonSet and records what its pods run; a second run
+    # changes the ConfigMap and dies before its restart (here: a run without restart); the next run, which changes
+    # nothing, restarts, once. The old rule (restart only when this run changed the ConfigMap) fails the third step.
+    args = {"cidrs": [VIP4, VIP6], "kubeconfig": ADMIN, "restart": True}
+    first = run_module(control_node, MODULE, args)
+    assert first["restarted"] is True, first
+    recorded = kube_proxy_ds()
+    marker, rolled = recorded["metadata"]["annotations"][MARKER], restarted_at(recorded)
+    died = run_module(control_node, MODULE, args | {"state": "absent", "restart": False})
+    assert died["changed"] is True and died["restarted"] is False
+    assert kube_proxy_ds()["metadata"]["annotations"][MARKER] == marker  # the pods still run the old ConfigMap
+    predicted = run_module(control_node, MODULE, args | {"state": "absent"}, check=True)
+    assert (predicted["changed"], predicted["restarted"]) == (True, True), predicted
+    rerun = run_module(control_node, MODULE, args | {"state": "absent"})
+    assert (rerun["changed"], rerun["restarted"]) == (True, True), rerun
+    after = kube_proxy_ds()
+    assert after["metadata"]["annotations"][MARKER] != marker and restarted_at(after) != rolled
+    # Negative control: with the marker up to date, a run restarts nothing.
+    again = run_module(control_node, MODULE, args | {"state": "absent"})
+    assert (again["changed"], again["restarted"]) == (False, False), again
+    assert restarted_at(kube_proxy_ds()) == restarted_at(after)

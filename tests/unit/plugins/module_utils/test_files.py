@@ -93,3 +93,16 @@ def test_negative_control_fewer_backups_than_kept_are_all_kept(tmp_path: Path) -
     backup.write_text("0")
     assert _files.prune_backups(str(conf)) == [] and backup.exists()
     assert _files.backups_of(str(conf)) == [str(backup)]  # it is one: the pattern matches, the bound spares it
+
+
+def test_a_marker_is_adopted_once_and_anything_but_a_digest_reads_as_none(tmp_path: Path) -> None:
+    marker = str(tmp_path / "markers" / "kubelet.conf.sha256")
+    old, new = _files.content_digest("old"), _files.content_digest("new")
+    assert _files.read_marker(marker) is None
+    _files.adopt_marker(marker, old)
+    _files.adopt_marker(marker, new)  # never overwrites: the first records what the service ran
+    assert _files.read_marker(marker) == old
+    assert _files.restart_due(_files.read_marker(marker), new, new)  # the file moved on, the service did not
+    assert not _files.restart_due(None, new, new) and _files.restart_due(None, old, new)
+    Path(marker).write_text("not a digest\n")
+    assert _files.read_marker(marker) is None

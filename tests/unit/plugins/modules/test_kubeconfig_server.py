@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
@@ -355,6 +356,7 @@ def run_role(tmp_path: Path, server: str, path: Path) -> subprocess.CompletedPro
                 "kubeconfig_endpoint_retries": 2,
                 "kubeconfig_endpoint_delay": 0,
                 "kubeconfig_endpoint_files": [{"path": str(path), "unit": ""}],
+                "kubeconfig_endpoint_marker_dir": str(tmp_path / "markers"),
             },
             "tasks": [
                 {
@@ -422,3 +424,57 @@ def test_role_rolls_back_when_the_check_after_the_write_fails(
     )
     assert re.search(expected, run.stdout), run.stdout[-4000:]
     assert kubelet_conf.read_text() == before
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_restart_marker_says_a_restart_is_due_until_it_is_recorded(
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before the write, the marker records what the unit runs (the file as it was); after it, a restart is due until
+    # the marker holds the new content's digest, on this run or any later one (a run that died before the restart).
+    marker = tmp_path / "markers" / "kubelet.conf.sha256"
+    args = {"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)}
+    original = sha256(kubelet_conf)
+    predicted = run_module(capsys, args, check_mode=True)
+    assert (predicted["changed"], predicted["restart_due"]) == (True, True) and not marker.exists()
+    first = run_module(capsys, args)
+    assert (first["changed"], first["restart_due"]) == (True, True)
+    assert marker.read_text() == original + "\n" and first["digest"] == sha256(kubelet_conf)
+    later = run_module(capsys, args)  # the run died before restarting: the next one still says so
+    assert (later["changed"], later["restart_due"]) == (False, True)
+    marker.write_text(later["digest"] + "\n")  # what the role records once the unit restarted
+    done = run_module(capsys, args)
+    assert (done["changed"], done["restart_due"]) == (False, False)
+
+
+def test_negative_control_without_a_marker_an_unchanged_file_needs_no_restart(
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node the collection never restarted anything on: no marker, the file already at the endpoint."""
+    marker = tmp_path / "markers" / "kubelet.conf.sha256"
+    kubelet_conf.write_text(kubelet_conf.read_text().replace(OLD, apiserver["url"]))
+    result = run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)})
+    assert (result["changed"], result["restart_due"]) == (False, False) and not marker.exists()
+    assert run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"]})["restart_due"] is False
+
+
+def test_role_records_the_marker_and_completes_a_switch_left_half_done(
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    accept: Callable[[int | None], None],
+) -> None:  # fmt: skip
+    # The module alone plays the run that wrote the file and died before the restart; the role's next run has no
+    # file to change but a restart to do (here without a unit: it verifies again and records the marker), then
+    # nothing more.
+    marker = tmp_path / "markers" / (str(kubelet_conf).lstrip("/").replace("/", "_") + ".sha256")
+    args = {"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)}
+    assert run_module(capsys, args)["restart_due"] is True
+    switched = kubelet_conf.read_text()
+    run = run_role(tmp_path, apiserver["url"], kubelet_conf)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "Verify again through the endpoint" in run.stdout and "changed=1" in run.stdout, run.stdout[-4000:]
+    assert marker.read_text() == sha256(kubelet_conf) + "\n" and kubelet_conf.read_text() == switched
+    again = run_role(tmp_path, apiserver["url"], kubelet_conf)
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-4000:]

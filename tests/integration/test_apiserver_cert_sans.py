@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +33,7 @@ import lab as labmod
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from scenarios import run_playbook
+from scenarios import ansible_env, run_playbook
 
 PLAY = Path(__file__).resolve().parent / "files" / "apiserver_cert_sans_play.yml"
 PKI = "/etc/kubernetes/pki"
@@ -39,7 +42,7 @@ VIP4, VIP6 = "169.254.100.1", "fd6b:6861::1"
 EXTRA = "kubeha-cert-test.lab"
 NO_MANIFEST = "/etc/kubernetes/manifests/kubeha-no-such-apiserver.yaml"  # on no master, of either flavour
 # The role's files beside the certificate: the originals, the issued copy, timestamped backups.
-ROLE_FILES = re.compile(r"^apiserver\.(crt|key)(\.kubeha-orig|\.kubeha-issued|\.[0-9-]+@[0-9:]+~)$")
+ROLE_FILES = re.compile(r"^apiserver\.(crt|key)(\.kubeha-orig|\.kubeha-issued|\.kubeha-new|\.[0-9-]+@[0-9:]+~)$")
 SERVED = """
 import base64, socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[3])
@@ -356,3 +359,59 @@ def test_reset_gives_the_original_certificates_back(masters, original) -> None:
     assert sampler.most_down <= 1, sampler.samples
     again = play(variables={"apiserver_cert_sans_state": "absent"})
     assert again.returncode == 0 and changed(again) == 0, again.stdout.split("PLAY RECAP")[-1]
+
+
+# The first task after the new certificate is in place, as ansible-playbook prints it when it starts.
+ACTIVATE = "Make the apiserver of the master serve it, and verify"
+
+
+def killed_after_the_certificate_is_in_place() -> str:
+    """Run the role (a new name to add) and SIGKILL the controller's run as the first master's activation starts:
+    the new certificate is in place, not yet verified or served by a restart. Bounded: 600 s. Its output."""
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(labmod.WORK / "inventory.yml"),
+            str(PLAY), "-e", json.dumps({"apiserver_cert_sans_extra": ["killed.kubeha-cert-test.lab"]})]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=ansible_env(), start_new_session=True)
+    seen: list[str] = []
+    timer = threading.Timer(600, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if ACTIVATE in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        timer.cancel()
+        proc.wait(timeout=60)
+    return "".join(seen)
+
+
+def test_a_run_killed_once_the_new_certificate_is_in_place_is_still_reset(masters, original) -> None:
+    # The certificate is recorded as issued before it is put in place: a run killed right after that leaves a
+    # certificate that the reset recognises as the role's, and restores the original. Negative control: without the
+    # record (what a run killed at that point left when the record came after the activation), the reset keeps the
+    # new certificate in place.
+    first = masters[0]
+    try:
+        for control in (False, True):
+            output = killed_after_the_certificate_is_in_place()
+            assert ACTIVATE in output, output[-4000:]
+            in_place = read(first, CERT)
+            assert in_place != original[first.name]["crt"] and read(first, f"{CERT}.kubeha-issued") == in_place
+            if control:
+                labmod.ssh(first, f"rm {CERT}.kubeha-issued")
+            run = play(variables={"apiserver_cert_sans_state": "absent"})
+            assert run.returncode == 0, run.stdout[-4000:] + run.stderr
+            if not control:
+                assert files(masters) == original and role_files(first) == []
+                serves_original(first, original)
+            else:
+                assert read(first, CERT) == in_place  # not restored: the reset cannot tell it is the role's
+    finally:
+        put_back(first, {"apiserver.crt": original[first.name]["crt"], "apiserver.key": original[first.name]["key"]})
+        serves_original(first, original)
+
+
+def serves_original(node: labmod.Node, original: dict) -> None:
+    want = load(original[node.name]["crt"])
+    labmod.wait_for(f"{node.name} serving its original certificate", lambda: served(node, node.addr4) == want, 60)

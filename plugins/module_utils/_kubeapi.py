@@ -510,7 +510,13 @@ def record_running_configuration(
     if restarted_for(daemonset) is not None:
         return dict(daemonset)
     patch = {"metadata": {"annotations": {RESTARTED_FOR: configmap_digest(configmap)}}}
-    return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
+    try:
+        return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
+    except KubeAPIError as exc:
+        raise KubeAPIError(
+            f"recording on DaemonSet {namespace}/{name} which configuration its pods run: {exc}; nothing was changed",
+            exc.status,
+        ) from exc
 
 
 def restart_due(daemonset: Mapping[str, Any], configmap: Mapping[str, Any]) -> bool:

@@ -420,14 +420,18 @@ def run(params: Mapping[str, Any], client_factory: Callable[[], Any], check_mode
                 raise _daemonset_error(exc, namespace, daemonset) from exc
         try:
             before = client.get(path) if check_mode or (restart and restarted_for(pods) is None) else None
-            if check_mode:
-                after = mutate(copy.deepcopy(before)) or before
-            else:
-                if before is not None and mutate(copy.deepcopy(before)) is not None:
-                    pods = _record(client, namespace, daemonset, pods, before)
-                before, after = update_with_retry(client, path, mutate)
+            after = mutate(copy.deepcopy(before)) if before is not None else None
         except KubeAPIError as exc:
             raise _configmap_error(exc, namespace, name, cidrs) from exc
+        if check_mode:
+            after = after or before
+        else:
+            if after is not None:  # a change is coming and the DaemonSet has no marker yet
+                pods = record_running_configuration(client, namespace, daemonset, pods, before)
+            try:
+                before, after = update_with_retry(client, path, mutate)
+            except KubeAPIError as exc:
+                raise _configmap_error(exc, namespace, name, cidrs) from exc
 
         warnings = [w for w in [mode_warning(seen.mode, where)] if w]
         diff = {"before": seen.before, "after": seen.after, "before_header": where, "after_header": where}
@@ -454,19 +458,6 @@ def run(params: Mapping[str, Any], client_factory: Callable[[], Any], check_mode
         close = getattr(client, "close", None)
         if callable(close):
             close()
-
-
-def _record(
-    client: Any, namespace: str, daemonset: str, pods: dict[str, Any], before: dict[str, Any]
-) -> dict[str, Any]:
-    try:
-        return record_running_configuration(client, namespace, daemonset, pods, before)
-    except KubeAPIError as exc:
-        raise KubeAPIError(
-            f"recording on DaemonSet {namespace}/{daemonset} which configuration kube-proxy runs: {exc}; nothing was "
-            "changed",
-            exc.status,
-        ) from exc
 
 
 def _daemonset_error(exc: KubeAPIError, namespace: str, daemonset: str) -> KubeAPIError:

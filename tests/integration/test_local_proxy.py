@@ -233,6 +233,41 @@ def test_guard_restart_under_load_fails_nothing(installed, nodes, kind):
 
 GUARD_PID = "systemctl show -p MainPID --value kubeha-apiserver-guard"
 WEDGE_S = 30  # the unit's WatchdogSec (15) + TimeoutAbortSec (5) + a restart, with margin
+# Capability bits (linux/capability.h): the guard keeps NET_ADMIN (12) and NET_RAW (13); haproxy's master SETGID (6),
+# SETUID (7), NET_BIND_SERVICE (10) and SYS_CHROOT (18).
+GUARD_CAPS = (1 << 12) | (1 << 13)
+HAPROXY_CAPS = (1 << 6) | (1 << 7) | (1 << 10) | (1 << 18)
+PROBE = "/usr/local/kubeha-sandbox-probe"
+
+
+def sandbox_of(node, unit: str) -> dict:
+    """The unit's main process: its capability bounding set, no_new_privs, and whether it can write under /usr."""
+    script = (
+        f"pid=$(systemctl show -p MainPID --value {unit}); "
+        'grep -E "^(CapBnd|NoNewPrivs):" /proc/$pid/status; '
+        f"if nsenter -t $pid -m -- touch {PROBE} 2>/dev/null; then echo writes=yes; rm -f {PROBE}; "
+        "else echo writes=no; fi"
+    )
+    lines = labmod.ssh(node, script).stdout.splitlines()
+    found = {k.strip(): v.strip() for k, v in (line.replace(":", "=", 1).split("=", 1) for line in lines)}
+    return {"caps": int(found["CapBnd"], 16), "no_new_privs": found["NoNewPrivs"] == "1", "writes": found["writes"]}
+
+
+def test_the_guard_and_haproxy_run_sandboxed(installed, nodes):
+    # Root, but bounded: only the capabilities each needs, no privilege gained by exec, the file system read-only
+    # outside their own directories (seen from inside the process's mount namespace). Negative control: the same
+    # write from the node's own namespace succeeds (the probe can tell). The drills in this file run with it.
+    for kind in ("ipvs", "haproxy"):
+        node = worker(nodes, kind)
+        guard = sandbox_of(node, "kubeha-apiserver-guard")
+        assert guard == {"caps": GUARD_CAPS, "no_new_privs": True, "writes": "no"}, (node.name, guard)
+        if kind == "haproxy":
+            proxy = sandbox_of(node, "kubeha-apiserver-haproxy")
+            assert proxy == {"caps": HAPROXY_CAPS, "no_new_privs": True, "writes": "no"}, (node.name, proxy)
+        mine = labmod.ssh(node, f"touch {PROBE} && rm {PROBE} && echo writes=yes").stdout.strip()
+        assert mine == "writes=yes", (node.name, mine)
+
+
 NO_WATCHDOG = "/etc/systemd/system/kubeha-apiserver-guard.service.d/no-watchdog.conf"
 
 

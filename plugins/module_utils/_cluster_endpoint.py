@@ -41,12 +41,11 @@ from typing import Any
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import EndpointError, parse_port
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
-    configmap_digest,
     daemonset_path,
+    daemonset_restart_due,
     import_yaml,
     object_path,
     record_running_configuration,
-    restart_due,
     restarted_for,
     rollout_restart,
     update_with_retry,
@@ -998,8 +997,7 @@ def run(
         if check_mode:
             if restart_due_now:
                 proxy_after = _apply(copy.deepcopy(proxy_before), plans[KUBE_PROXY])
-                marker = restarted_for(pods) or configmap_digest(proxy_before)
-                return replace(outcome(), kube_proxy_restarted=marker != configmap_digest(proxy_after))
+                return replace(outcome(), kube_proxy_restarted=daemonset_restart_due(pods, proxy_before, proxy_after))
             return outcome()
         if restart_due_now and plans[KUBE_PROXY].changed and restarted_for(pods) is None:
             pods = record_running_configuration(client, "kube-system", restart_daemonset, pods, proxy_before)
@@ -1028,7 +1026,7 @@ def run(
                 )
         restarted = False
         proxy_now = client.get(TARGET_SPECS[KUBE_PROXY].path) if restart_due_now else None
-        if proxy_now is not None and restart_due(pods, proxy_now):
+        if proxy_now is not None and daemonset_restart_due(pods, proxy_before, proxy_now):
             try:
                 rollout_restart(client, "kube-system", restart_daemonset, configmap=proxy_now)
             except KubeAPIError as exc:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._files import restart_due
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
     embedded_data,
@@ -519,10 +520,10 @@ def record_running_configuration(
         ) from exc
 
 
-def restart_due(daemonset: Mapping[str, Any], configmap: Mapping[str, Any]) -> bool:
-    """Whether the DaemonSet's pods run another configuration than ``configmap``'s (never recorded: no)."""
-    marker = restarted_for(daemonset)
-    return marker is not None and marker != configmap_digest(configmap)
+def daemonset_restart_due(daemonset: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether the DaemonSet's pods run another ConfigMap than ``after``: by its marker, or without one by ``before``
+    (the ConfigMap as the run found it, which the pods are taken to run)."""
+    return restart_due(restarted_for(daemonset), configmap_digest(before), configmap_digest(after))
 
 
 def update_strategy(daemonset: Mapping[str, Any]) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
-    configmap_digest,
     daemonset_path,
+    daemonset_restart_due,
     import_yaml,
     object_path,
     record_running_configuration,
@@ -437,7 +437,7 @@ def run(params: Mapping[str, Any], client_factory: Callable[[], Any], check_mode
         diff = {"before": seen.before, "after": seen.after, "before_header": where, "after_header": where}
         # Due when the pods run another ConfigMap than this one, even if an earlier run made the change and died
         # before restarting; in check mode a DaemonSet without a marker counts as running the ConfigMap before.
-        restarted = restart and (restarted_for(pods) or configmap_digest(before)) != configmap_digest(after)
+        restarted = restart and daemonset_restart_due(pods, before, after)
         outcome = Outcome(seen.changed or restarted, seen.excludes, seen.mode, restarted, diff, warnings)
         if not restarted or check_mode:
             return outcome

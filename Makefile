@@ -79,12 +79,12 @@ test-kubeadm-lab: lab-build
 # on the kubeadm flavour its acceptance and a new worker's kubeadm join through its own VIP. Each ends with its lab
 # down (test_zz_down.py). Four suites and one test run in `make test-extended` instead, for time (README, Time).
 RESET_THEN_SITE := tests/integration/test_local_proxy.py::test_reset_removes_everything_then_site_restores
-BINARY_SUITE := tests/lab/test_lab.py \
+BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_cluster_networks_cluster.py \
   tests/integration/test_cluster_endpoint_cluster.py tests/integration/test_discovery_access_cluster.py \
   tests/integration/test_ipvs_service_kernel.py tests/integration/test_kubeproxy_exclude_cidr_cluster.py \
   tests/integration/test_local_proxy.py tests/lab/test_zz_down.py
-KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_kubeadm_join_through_vip.py \
-  tests/lab/test_zz_down.py
+KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_cluster_networks_cluster.py \
+  tests/integration/test_kubeadm_join_through_vip.py tests/lab/test_zz_down.py
 # The certificate role's own suite (forced restarts, rollback, recovery, reset) is here for time since 2026-12-07;
 # make test proves the VIPs in every certificate through the molecule install's verify (README, Time).
 EXTENDED := tests/integration/test_local_proxy_day2.py tests/integration/test_local_proxy_kubeconfigs.py \

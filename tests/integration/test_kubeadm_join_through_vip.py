@@ -167,3 +167,39 @@ def test_site_yml_on_the_joined_node_gives_its_guard_the_kubelets_credentials(ne
     assert ready(newcomer.name)
     probe = READYZ_AT_VIP.format(ca="/etc/kubernetes/pki/ca.crt")
     assert labmod.ssh(newcomer, probe).stdout.strip() == "ok"
+
+
+def kubelet_pid(node: labmod.Node) -> int:
+    return int(labmod.ssh(node, "systemctl show -p MainPID --value kubelet").stdout.strip())
+
+
+def switch_kubeconfigs(node: labmod.Node, *extra: str) -> None:
+    run = playbook("kubeconfig_endpoint", "--limit", node.name, *extra)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_a_kubelet_restart_a_dead_run_left_undone_happens_on_the_next_run(newcomer, masters, control_node):
+    """The real kubelet on w2. A consistent start: the role points kubelet.conf at cp2 (kubelet restarted, marker
+    recorded). The dead run: the file written at the VIP by the module alone, as a run that died before the restart
+    leaves it (kubelet still runs cp2's file). Then the role, which writes nothing (the file is at the VIP already),
+    restarts kubelet from the marker, and w2 stays Ready; a second run restarts nothing (negative control)."""
+    node = newcomer
+    cp2 = f"https://{masters[1].addr4}:6443"
+    switch_kubeconfigs(node, "-e", f"kubeconfig_endpoint_server={cp2}")
+    assert server_of(node, "/etc/kubernetes/kubelet.conf") == cp2
+    running = kubelet_pid(node)
+    dead_run = run_module(node, "kubeha.apiserver.kubeconfig_server",
+                          {"path": "/etc/kubernetes/kubelet.conf", "server": VIP_SERVER, "backup": True},
+                          python="/opt/kubeha-apiserver/venv/bin/python")  # fmt: skip
+    assert not dead_run.get("failed") and dead_run["changed"], dead_run
+    assert kubelet_pid(node) == running  # the dead run restarted nothing
+    switch_kubeconfigs(node)
+    assert server_of(node, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
+    restarted = kubelet_pid(node)
+    assert restarted not in (running, 0), "the marker said a restart was due: kubelet must have been restarted"
+    digest = labmod.ssh(node, "sha256sum /etc/kubernetes/kubelet.conf").stdout.split()[0]
+    marker = "/var/lib/kubeha-apiserver/restarted-for/etc_kubernetes_kubelet.conf.sha256"
+    assert labmod.ssh(node, f"cat {marker}").stdout.strip() == digest
+    labmod.wait_for(f"{node.name} Ready", lambda: ready(node.name), 60, 2)
+    switch_kubeconfigs(node)
+    assert kubelet_pid(node) == restarted, "nothing was due: a second run must not restart kubelet"

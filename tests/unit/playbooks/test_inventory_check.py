@@ -72,7 +72,11 @@ def inventories(tmp_path_factory) -> dict[str, Path]:
     del no_address["all"]["children"]["masters"]["hosts"]["cp2"]["ansible_host"]
     with_backends = yaml.safe_load(yaml.safe_dump(no_address))
     with_backends["all"]["vars"]["local_proxy_backends"] = ["10.0.0.11:6443", "10.0.0.12:6443"]
-    files = {"wrong": wrong, "mapped": mapped, "no_address": no_address, "with_backends": with_backends}
+    by_name = yaml.safe_load(yaml.safe_dump(mapped))
+    by_name["all"]["children"]["masters"]["hosts"]["cp1"]["ansible_host"] = "localhost"
+    by_name["all"]["children"]["masters"]["hosts"]["cp2"] |= {"access_ip": "192.0.2.12", "ip": "192.0.2.22"}
+    files = {"wrong": wrong, "mapped": mapped, "no_address": no_address, "with_backends": with_backends,
+             "by_name": by_name}  # fmt: skip
     paths = {}
     for name, data in files.items():
         paths[name] = d / f"{name}.yml"
@@ -95,6 +99,7 @@ def results(inventories, run_many) -> dict[str, subprocess.CompletedProcess]:
         "mapped-site": play("mapped", "site", "--check"),
         "no_address": play("no_address", "check_inventory"),
         "with_backends": play("with_backends", "check_inventory"),
+        "by_name": play("by_name", "check_inventory"),
         "empty": play("empty", "check_inventory"),
     }
     return run_many(commands)
@@ -150,11 +155,20 @@ def test_negative_control_with_mapped_groups_site_reaches_the_hosts(results):
     assert not reached(proc, "lb1"), show(proc)  # in neither group: left alone, as the warning says
 
 
-def test_a_master_without_address_fails_unless_backends_are_set(results):
+def test_a_master_whose_name_does_not_resolve_fails_unless_backends_are_set(results):
+    """cp2 has no address variable: its inventory name is its address, and "cp2" resolves nowhere."""
     proc = results["no_address"]
     assert proc.returncode != 0, show(proc)
-    assert "the masters cp2 have no ansible_host" in proc.stdout + proc.stderr, show(proc)
+    assert "host cp2 (inventory_hostname): cannot resolve 'cp2' on the controller" in proc.stdout, show(proc)
+    assert not [h for h in FAKE_HOSTS if reached(proc, h)], show(proc)
     assert results["with_backends"].returncode == 0, show(results["with_backends"])
+
+
+def test_masters_by_dns_name_and_kubesprays_variables_resolved_once_and_shown(results):
+    """cp1 by a DNS name (resolved by this machine's resolver), cp2 by kubespray's access_ip over its ansible_host."""
+    proc = results["by_name"]
+    assert proc.returncode == 0, show(proc)
+    assert "the masters' addresses: cp1 at 127.0.0.1, cp2 at 192.0.2.12" in proc.stdout, show(proc)
 
 
 def test_an_empty_inventory_fails(results):

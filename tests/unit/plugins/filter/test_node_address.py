@@ -7,16 +7,42 @@ masters resolved once by check_inventory.yml, then used as backends) is in tests
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from types import ModuleType
+
+import ansible.module_utils._internal as module_utils_internal
 import pytest
-from ansible.errors import AnsibleFilterError
-from ansible_collections.kubeha.apiserver.plugins.filter.node_address import FilterModule, node_address
+
+
+@pytest.fixture(autouse=True)
+def plugin() -> Iterator[ModuleType]:
+    """The filter plugin, imported here rather than at collection: importing controller code (ansible.errors) marks
+    the process as Ansible's controller, and the modules' unit tests in the same process would then see their
+    warnings go to the controller's display instead of their result. The mark is put back after each test."""
+    was_controller = module_utils_internal.is_controller
+    try:
+        from ansible_collections.kubeha.apiserver.plugins.filter import node_address as module
+
+        yield module
+    finally:
+        module_utils_internal.is_controller = was_controller
+
+
+@pytest.fixture
+def node_address(plugin):
+    return plugin.node_address
+
+
+@pytest.fixture
+def AnsibleFilterError(plugin):  # the class, under its own name
+    return plugin.AnsibleFilterError
 
 
 def host(name: str = "cp1", **variables: str) -> dict[str, str]:
     return {"inventory_hostname": name, **variables}
 
 
-def test_kubesprays_access_ip_then_ip_then_ansible_host_then_the_name():
+def test_kubesprays_access_ip_then_ip_then_ansible_host_then_the_name(node_address):
     assert node_address(host(access_ip="192.0.2.1", ip="192.0.2.2", ansible_host="192.0.2.3")) == "192.0.2.1"
     assert node_address(host(ip="192.0.2.2", ansible_host="192.0.2.3")) == "192.0.2.2"
     assert node_address(host(ansible_host="192.0.2.3")) == "192.0.2.3"
@@ -24,34 +50,34 @@ def test_kubesprays_access_ip_then_ip_then_ansible_host_then_the_name():
     assert node_address(host("192.0.2.4")) == "192.0.2.4"
 
 
-def test_an_ip_address_comes_back_canonical_without_brackets():
+def test_an_ip_address_comes_back_canonical_without_brackets(node_address):
     assert node_address(host(ansible_host="[2001:DB8:0::1]")) == "2001:db8::1"
     assert node_address(host(ansible_host=" 2001:db8::0:1 ")) == "2001:db8::1"
 
 
-def test_a_name_is_resolved_here():
+def test_a_name_is_resolved_here(node_address):
     assert node_address(host("cp1", ansible_host="localhost")) == "127.0.0.1"
     assert node_address(host("localhost")) == "127.0.0.1"
 
 
-def test_a_name_already_resolved_is_not_resolved_again():
+def test_a_name_already_resolved_is_not_resolved_again(node_address):
     # The name does not resolve: only the given answer can produce this address.
     assert node_address(host("cp1", ansible_host="cp1.invalid"), {"cp1": "192.0.2.9"}) == "192.0.2.9"
     # An IP literal wins over the answer (it cannot be out of date).
     assert node_address(host("cp1", ansible_host="192.0.2.3"), {"cp1": "192.0.2.9"}) == "192.0.2.3"
 
 
-def test_a_name_that_does_not_resolve_fails_naming_the_host_the_variable_and_the_name():
+def test_a_name_that_does_not_resolve_fails_naming_the_host_the_variable_and_the_name(node_address, AnsibleFilterError):
     with pytest.raises(AnsibleFilterError, match=r"^host cp2 \(ansible_host\): cannot resolve 'cp2\.invalid' on the "):
         node_address(host("cp2", ansible_host="cp2.invalid"))
     with pytest.raises(AnsibleFilterError, match=r"^host cp3\.invalid \(inventory_hostname\): cannot resolve"):
         node_address(host("cp3.invalid"))
 
 
-def test_not_a_hosts_variables():
+def test_not_a_hosts_variables(node_address, AnsibleFilterError):
     with pytest.raises(AnsibleFilterError, match="expects a host's variables"):
         node_address("192.0.2.1")  # type: ignore[arg-type]
 
 
-def test_the_filter_is_registered_under_its_name():
-    assert FilterModule().filters() == {"node_address": node_address}
+def test_the_filter_is_registered_under_its_name(plugin):
+    assert plugin.FilterModule().filters() == {"node_address": plugin.node_address}

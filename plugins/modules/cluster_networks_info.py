@@ -23,18 +23,16 @@ description:
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
+  - kubeha.apiserver.attributes
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: linux
 notes:

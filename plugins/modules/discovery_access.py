@@ -34,21 +34,19 @@ description:
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
+  - kubeha.apiserver.attributes
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details:
       - One diff per object, of the fields the module owns (the label, the rules; the roleRef and subjects).
         An object that does not exist is shown as an empty mapping.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: linux
 notes:

@@ -24,19 +24,18 @@ description:
     nothing. File names relative to the kubeconfig's directory are resolved as kubectl does.
 author:
   - kubeha.apiserver developers (!UNKNOWN)
+extends_documentation_fragment:
+  - kubeha.apiserver.attributes
 requirements:
   - PyYAML
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details:
       - O(dest) is described by its certificate's SHA-256 fingerprint and its mode, never by its content.
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 notes:

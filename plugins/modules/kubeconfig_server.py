@@ -33,24 +33,22 @@ description:
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
+  - kubeha.apiserver.attributes
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details:
       - The verification still runs in check mode (a SelfSubjectReview changes nothing), so check mode also
         tells whether the change would be accepted.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details:
       - The text before and after. Values of C(client-key-data), C(token) and C(password) are replaced by a
         placeholder on both sides, so the diff never shows a private key or a token.
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 notes:

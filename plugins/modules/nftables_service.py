@@ -25,17 +25,16 @@ description:
   - Only the node's own connections are balanced (the C(output) hook), as a node-local proxy does; it is not a router.
 author:
   - kubeha.apiserver developers (!UNKNOWN)
+extends_documentation_fragment:
+  - kubeha.apiserver.attributes
 requirements:
   - nft (nftables 1.0 or later) on the target
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: linux
 notes:

@@ -95,7 +95,8 @@ KEPT = textwrap.dedent(
 
 
 def in_ns(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, text=True, timeout=60, **kwargs)
+    argv_in_ns = ["ip", "netns", "exec", NS, *argv]
+    return subprocess.run(argv_in_ns, capture_output=True, text=True, timeout=60, check=False, **kwargs)
 
 
 @pytest.fixture(scope="module")

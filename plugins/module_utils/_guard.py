@@ -1742,6 +1742,9 @@ class Guard:
         except GuardError as exc:
             self._error("discovery", f"{exc}; keeping the current backends")
             return False
+        except Exception as exc:  # whatever the client or the answer's decoding raised: the next call tries again
+            self._error("discovery", f"discovery failed: {type(exc).__name__}: {exc}; keeping the current backends")
+            return False
         self._recovered("discovery", "discovery")
         with self._lock:
             if not self.cfg.discovery.enabled:

@@ -257,7 +257,7 @@ class Rig:
         self.prober = ScriptedProber(self.events)
         self.connects: dict[Backend, str] = {}
         self.discovered: frozenset[Backend] = frozenset()
-        self.discovery_error: GuardError | None = None
+        self.discovery_error: BaseException | None = None
         self.clock = Clock()
         self.paths = make_paths(tmp_path, ip_vs_conn)
         self.hooks = Hooks(
@@ -1235,6 +1235,52 @@ def test_discovery_adds_backends_and_never_drops_the_seeds(rig: RigFactory, capl
     r.round()
     assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1}
     assert r.guard.snapshot().discovered == 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [RuntimeError("boom"), KeyError("endpoints"), OSError(errno.ECONNRESET, "reset"), ValueError("bad JSON")],
+    ids=lambda e: type(e).__name__,
+)
+def test_discovery_that_raises_anything_keeps_the_backends_and_the_next_call_repairs(
+    rig: RigFactory, caplog: pytest.LogCaptureFixture, failure: BaseException
+) -> None:
+    r = rig(seeds=["10.0.0.11:6443"], client_cert_file="/c.pem", discovery={"enabled": True})
+    r.round()
+    r.discovered = frozenset({M1, M4})
+    assert r.guard.discover_once()
+    r.discovery_error = failure
+    with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
+        assert r.guard.discover_once() is False  # not raised: the discovery thread goes on
+    assert f"discovery failed: {type(failure).__name__}" in caplog.text
+    assert r.guard.backends == (M1, M4)
+    r.discovery_error = None
+    r.discovered = frozenset({M1, M4, M5})
+    assert r.guard.discover_once() and r.guard.backends == (M1, M4, M5)
+
+
+def test_a_state_file_that_cannot_be_written_is_written_by_the_next_round(
+    rig: RigFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = rig()
+    real_write = _guard.write_state
+    failures = [GuardError("cannot write /var/lib/kubeha-apiserver/state.json: No space left on device")]
+
+    def write_once_failing(path: str, state: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real_write(path, state)
+
+    monkeypatch.setattr(_guard, "write_state", write_once_failing)
+    with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
+        r.round()
+    assert "No space left on device" in caplog.text
+    assert not Path(r.cfg.state_file).exists()
+    assert r.ipvs.weights()  # the data path was applied all the same
+    r.prober.set("fail", M3)
+    r.round()
+    r.round()  # a change of health: the state is written again
+    assert json.loads(Path(r.cfg.state_file).read_text())
 
 
 def discovery_rig(rig: RigFactory) -> Rig:

@@ -4,7 +4,10 @@ Proxies compared, each on the node where it runs:
 - ipvs: the collection's IPVS mode (w1, the qemu worker with a real kernel), VIP 169.254.100.1:6444;
 - haproxy: the collection's userspace mode (w2), same VIP;
 - nginx: a plain nginx stream proxy like kubespray's default localhost load balancer (w2, 127.0.0.1:6446:
-  least_conn, proxy_connect_timeout 1s, proxy_timeout 10m, no health checks), installed for the run only.
+  least_conn, proxy_connect_timeout 1s, proxy_timeout 10m, no health checks), installed for the run only;
+- nftables (latency only): the kernel load balancer of the nftables_service module on w2, whose kernel is this
+  machine's (nftables, no IPVS), a VIP of its own (169.254.100.2:6444) over the three masters with equal weights,
+  no guard yet; made for the run only.
 
 Scenarios, each with a steady load (a new TLS connection and GET /readyz every 100 ms) and long-lived
 connections (kept-alive, no client timeout, like a watch) through the proxy:
@@ -15,7 +18,8 @@ certificate rotation on every master (the apiserver_cert_sans role with a new na
 or restarted by systemd) under load, and the guard's memory and CPU. Every run is bounded in time and stops by
 itself; the lab is left as found, except that site.yml has been applied and the certificates carry the new names.
 
-    PYTHONPATH=tests/lab .venv/bin/python tests/bench/bench.py [--json PATH] [--rounds N]   (make bench)
+    PYTHONPATH=tests/lab .venv/bin/python tests/bench/bench.py [--json PATH] [--rounds N] [--sections S,...]
+    (make bench runs every section: latency, failover, rotation, guard)
 
 Beside the JSON it draws failover.png, every failover request on a timeline (tests/bench/plot.py).
 """
@@ -29,6 +33,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 CA = "/etc/kubernetes/pki/ca.crt"
 CERT_PLAY = labmod.REPO / "tests" / "integration" / "files" / "apiserver_cert_sans_play.yml"
 NGINX_PORT = 6446
+NFT_VIP = "169.254.100.2"  # on w2's loopback for the run, beside haproxy's 169.254.100.1
 BENCH_DIR = "/run/kubeha-bench"
 DURATION_S, EVENT_AFTER_S, LONG_LIVED = 16.0, 4.0, 6
 DROP = "iptables -I INPUT -p tcp --dport 6443 -j DROP"
@@ -51,9 +57,10 @@ TARGETS = {
     "killed": "ipvs: no failure later than 1 s; haproxy: no failure (of the requests sent after the kill)",
     "black-holed": "from 2 s on every request succeeds in < 1 s",
     "long-lived": "closed and answered again within 3 s",
-    "latency": "IPVS adds <= 5 % at the median, on new and on kept connections",
+    "latency": "IPVS adds <= 5 % at the median, on new and on kept connections; nftables <= 3 % (native kernel)",
 }
 LATENCY_RATIO, LATENCY_BLOCKS = 1.05, 5
+NFT_LATENCY_RATIO = 1.03
 # An indented JSON list of numbers, booleans or nulls (no strings: a string holds no raw newline, so never matches).
 _SCALAR_LIST = re.compile(r"\[\n\s+((?:[-+.\w]+,\n\s+)*[-+.\w]+)\n\s*\]")
 
@@ -107,6 +114,41 @@ def nginx_down(node: labmod.Node) -> None:
     labmod.ssh(node, f"nginx -c {BENCH_DIR}/nginx.conf -s quit; sleep 1; rm -rf {BENCH_DIR};"
                " DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq nginx nginx-common libnginx-mod-stream"
                " >/dev/null", check=False, timeout=300)  # fmt: skip
+
+
+def nftables_service(node: labmod.Node, masters: list[labmod.Node], state: str) -> None:
+    """The nftables_service module on `node` (the collection's virtualenv there): NFT_VIP:PORT over the masters."""
+    args = {"address": NFT_VIP, "port": PORT, "state": state,
+            "backends": [{"address": m.addr4, "port": 6443} for m in masters]}  # fmt: skip
+    play = [{"hosts": node.name, "gather_facts": False, "become": True,
+             "vars": {"ansible_python_interpreter": "/opt/kubeha-apiserver/venv/bin/python"},
+             "tasks": [{"kubeha.apiserver.nftables_service": args}]}]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "nftables.yml"
+        path.write_text(json.dumps(play))
+        res = run_playbook(path)
+    if res.returncode != 0:
+        raise SystemExit(res.stdout[-3000:])
+
+
+def nftables_up(node: labmod.Node, masters: list[labmod.Node]) -> bool:
+    """The service on `node`, nft installed from the lab's mirror if it lacks it; whether the bench installed it."""
+    log(f"nftables_service on {node.name}, {NFT_VIP}:{PORT} over the masters")
+    installed = labmod.ssh(node, "command -v nft", check=False).returncode != 0
+    if installed:
+        install = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null"
+        labmod.ssh(node, install, timeout=300)
+    labmod.ssh(node, f"ip addr replace {NFT_VIP}/32 dev lo")
+    nftables_service(node, masters, "present")
+    return installed
+
+
+def nftables_down(node: labmod.Node, masters: list[labmod.Node], installed: bool) -> None:
+    nftables_service(node, masters, "absent")
+    labmod.ssh(node, f"ip addr del {NFT_VIP}/32 dev lo", check=False)
+    if installed:
+        labmod.ssh(node, "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq nftables >/dev/null", check=False,
+                   timeout=300)  # fmt: skip
 
 
 def wait_all_ready(masters: list[labmod.Node]) -> None:
@@ -249,7 +291,10 @@ def rotation(restart: str, nodes: list[labmod.Node]) -> dict:
 # ---- the run ----------------------------------------------------------------------------------------------
 
 
-def run(rounds: int) -> dict:
+SECTIONS = ("latency", "failover", "rotation", "guard")
+
+
+def run(rounds: int, sections: tuple[str, ...] = SECTIONS) -> dict:
     nodes = ensure_lab()
     masters = [n for n in nodes.values() if n.role == "control-plane"]
     w_ipvs = next(n for n in nodes.values() if n.role == "worker" and n.has_ipvs)
@@ -265,15 +310,17 @@ def run(rounds: int) -> dict:
     }
     results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "latency": {}, "failover": {}}
     nginx_up(w_user, masters)
+    nft_installed = nftables_up(w_user, masters)
     try:
-        log(f"latency: {rounds} interleaved rounds per node")
-        results["latency"]["ipvs"] = latency(w_ipvs, masters, {"ipvs": f"{VIP4}:{PORT}"}, rounds)
-        results["latency"]["userspace"] = latency(
-            w_user, masters, {"haproxy": f"{VIP4}:{PORT}", "nginx": f"127.0.0.1:{NGINX_PORT}"}, rounds
-        )
-        ipvs = results["latency"]["ipvs"]["ipvs"]
-        ipvs["meets"] = {"latency": all(ipvs[f"{kind}_ratio"] <= LATENCY_RATIO for kind in ("fresh", "kept"))}
-        for scenario, victim in (("killed", masters[1]), ("black-holed", masters[2])):
+        if "latency" in sections:
+            log(f"latency: {rounds} interleaved rounds per node")
+            results["latency"]["ipvs"] = latency(w_ipvs, masters, {"ipvs": f"{VIP4}:{PORT}"}, rounds)
+            native = {"haproxy": f"{VIP4}:{PORT}", "nginx": f"127.0.0.1:{NGINX_PORT}", "nftables": f"{NFT_VIP}:{PORT}"}
+            results["latency"]["native"] = latency(w_user, masters, native, rounds)
+            for group, name, bound in (("ipvs", "ipvs", LATENCY_RATIO), ("native", "nftables", NFT_LATENCY_RATIO)):
+                fig = results["latency"][group][name]
+                fig["meets"] = {"latency": all(fig[f"{kind}_ratio"] <= bound for kind in ("fresh", "kept"))}
+        for scenario, victim in (("killed", masters[1]), ("black-holed", masters[2])) if "failover" in sections else ():
             for proxy, (node, host, port) in proxies.items():
                 log(f"{scenario}: {victim.name}, load from {node.name} through {proxy} ({host}:{port})")
                 if scenario == "killed":
@@ -287,14 +334,16 @@ def run(rounds: int) -> dict:
                 results["failover"].setdefault(scenario, {})[proxy] = outcome
                 wait_all_ready(masters)
                 time.sleep(5)  # the guards and haproxy take the master back (rise 2)
-        for restart in ("auto", "systemd"):
+        for restart in ("auto", "systemd") if "rotation" in sections else ():
             log(f"certificate rotation on every master (restart: {restart}), load from {w_ipvs.name} and {w_user.name}")
             results.setdefault("rotation", {})[restart] = rotation(restart, [w_ipvs, w_user])
             wait_all_ready(masters)
-        log("the guard's memory and CPU over 20 s (w1 runs under software emulation)")
-        results["guard"] = {n.name: guard_usage(n) for n in (w_ipvs, w_user, masters[0])}
+        if "guard" in sections:
+            log("the guard's memory and CPU over 20 s (w1 runs under software emulation)")
+            results["guard"] = {n.name: guard_usage(n) for n in (w_ipvs, w_user, masters[0])}
     finally:
         nginx_down(w_user)
+        nftables_down(w_user, masters, nft_installed)
     return results
 
 
@@ -354,13 +403,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=str(labmod.REPO / ".build" / "bench" / "bench.json"))
     parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="a comma-separated subset of " + ", ".join(SECTIONS)
+    )
     args = parser.parse_args(argv)
-    results = run(args.rounds)
+    sections = tuple(args.sections.split(","))
+    if unknown := set(sections) - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))} (known: {', '.join(SECTIONS)})")
+    results = run(args.rounds, sections)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(dumps(results) + "\n")
     print(table(results))
     print(f"\nJSON: {args.json}")
-    print(f"PNG: {plotmod.write(results, Path(args.json).with_name('failover.png'))}")
+    if results["failover"]:
+        print(f"PNG: {plotmod.write(results, Path(args.json).with_name('failover.png'))}")
     return 0
 
 

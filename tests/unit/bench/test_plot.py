@@ -181,7 +181,7 @@ def test_failed_and_in_flight_requests_are_drawn_apart_and_counted_like_the_benc
 
 def test_the_bench_writes_the_png_beside_its_json_and_says_where(tmp_path, monkeypatch, capsys, full):
     # bench.main() with the lab run replaced by its synthetic results: the JSON, the table, then the picture.
-    monkeypatch.setattr(bench, "run", lambda rounds: bench_results())
+    monkeypatch.setattr(bench, "run", lambda rounds, sections: bench_results())
     assert bench.main(["--json", str(tmp_path / "bench" / "bench.json")]) == 0
     png = tmp_path / "bench" / "failover.png"
     assert f"PNG: {png}" in capsys.readouterr().out

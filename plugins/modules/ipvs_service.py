@@ -22,6 +22,7 @@ author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
   - kubeha.apiserver.attributes
+  - kubeha.apiserver.virtual_service
 requirements:
   - pyroute2 >= 0.9.7
 attributes:
@@ -37,22 +38,6 @@ notes:
   - Acts on the network namespace the module runs in.
   - Virtual servers defined by firewall mark are not managed.
 options:
-  address:
-    description:
-      - Virtual IPv4 or IPv6 address of the service. IPv6 addresses are normalised.
-    type: str
-    required: true
-  port:
-    description:
-      - Virtual port of the service, 1 to 65535.
-    type: int
-    required: true
-  protocol:
-    description:
-      - Transport protocol of the service.
-    type: str
-    choices: [tcp, udp]
-    default: tcp
   scheduler:
     description:
       - IPVS scheduling algorithm, one of V(rr), V(wrr), V(lc), V(wlc), V(lblc), V(lblcr), V(dh), V(sh),

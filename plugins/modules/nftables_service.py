@@ -27,6 +27,7 @@ author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
   - kubeha.apiserver.attributes
+  - kubeha.apiserver.virtual_service
 requirements:
   - nft (nftables 1.0 or later) on the target
 attributes:
@@ -45,22 +46,6 @@ notes:
   - Weights are kept as the smallest integers in the same proportions (V(2) and V(4) are stored, and returned, as
     V(1) and V(2)); a backend with weight V(0) is not stored.
 options:
-  address:
-    description:
-      - Virtual IPv4 or IPv6 address of the service.
-    type: str
-    required: true
-  port:
-    description:
-      - Virtual port of the service, 1 to 65535.
-    type: int
-    required: true
-  protocol:
-    description:
-      - Transport protocol of the service.
-    type: str
-    choices: [tcp, udp]
-    default: tcp
   backends:
     description:
       - The backends of the service, each of the address family of O(address) and listed once.

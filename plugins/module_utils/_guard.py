@@ -140,6 +140,14 @@ DEFAULT_CHECK_COMMAND = ("/usr/sbin/haproxy", "-c", "-f")
 Runner = Callable[..., tuple[int, str, str]]
 
 
+def next_due(due: float, interval_s: float, now: float) -> float:
+    """When a periodic step runs next: ``interval_s`` after the last one was due (a fixed rate, not ``interval_s``
+    after it ended), or at once when the step took longer than that, without bursts to catch up. A fast check whose
+    connect waits out its 0.5 s timeout is followed by the next one at once: a black-holed master is taken down
+    after two timeouts, not two timeouts and two intervals."""
+    return max(due + interval_s, now)
+
+
 class GuardError(Exception):
     """The one error of this domain; its message is meant for the log as is."""
 
@@ -1854,6 +1862,7 @@ class Guard:
 
     def _every(self, name: str, interval: Callable[[], float], step: Callable[[], object]) -> None:
         def loop() -> None:
+            due = time.monotonic()  # real time, as the Event's wait below
             while not self._stop.is_set():
                 seconds = interval()
                 if seconds > 0:
@@ -1861,7 +1870,8 @@ class Guard:
                         step()
                     except Exception:  # log and go on: the guard must keep running
                         LOG.exception("%s failed", name)
-                if self._stop.wait(seconds if seconds > 0 else 1.0):
+                due = next_due(due, seconds if seconds > 0 else 1.0, time.monotonic())
+                if self._stop.wait(max(0.0, due - time.monotonic())):
                     return
 
         thread = threading.Thread(target=loop, name=name, daemon=True)

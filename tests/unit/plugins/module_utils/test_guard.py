@@ -56,6 +56,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
     load_config,
     main,
     make_state,
+    next_due,
     nft_ruleset,
     parse_config,
     parse_ip_vs_conn,
@@ -1826,3 +1827,40 @@ def test_negative_control_without_the_check_the_refused_configuration_lands_in_t
     r.round()
     assert "10.0.0.14_6443" in config.read_text()
     assert _guard.run_command([HAPROXY, "-c", "-q", "-f", str(config)])[0] != 0
+
+
+def test_periodic_steps_keep_a_fixed_rate_and_a_slow_one_is_followed_at_once() -> None:
+    # The fast check every 0.25 s: a quick step keeps the pace; a connect that waited out its 0.5 s timeout is
+    # followed by the next check at once (not 0.25 s later), and a slow step causes no burst to catch up.
+    assert next_due(10.0, 0.25, now=10.01) == 10.25
+    assert next_due(10.0, 0.25, now=10.5) == 10.5
+    assert next_due(10.0, 0.25, now=11.7) == 11.7
+
+
+def test_a_black_hole_is_taken_down_after_two_timeouts_not_two_timeouts_and_two_intervals(rig: RigFactory) -> None:
+    """The real loop of the fast check (a thread and its Event), with a connector that waits out a 0.3 s timeout
+    every time, as connects to a black-holed master do, and an interval of 0.3 s: with fall 2 the master is down
+    after two timeouts (0.6 s; bounded here at 0.85 s). Negative control: with the pace the loop had before (the
+    interval waited after each step) it takes 0.3 + 0.3 + 0.3 = 0.9 s at the least, and this test fails."""
+    r = rig()
+    r.round()
+    r.guard.cfg = dataclasses.replace(r.guard.cfg, fast_check_interval_s=0.3, connect_timeout_s=0.3)
+
+    def connector(backend: Backend, timeout: float) -> ProbeResult:
+        if backend == M3:
+            time.sleep(timeout)
+            return ProbeResult(backend, False, timeout, f"connect unanswered after {timeout:g}s", unanswered=True)
+        return ProbeResult(backend, True, 0.001)
+
+    r.guard.hooks = dataclasses.replace(r.guard.hooks, connector=connector)
+    started = time.monotonic()
+    r.guard._every("fast-check", lambda: r.guard.cfg.fast_check_interval_s, r.guard.fast_check_once)
+    try:
+        deadline = started + 2.0  # bounded
+        while r.ipvs.weights()["10.0.0.13:6443"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took = time.monotonic() - started
+    finally:
+        r.guard.request_stop()
+    assert r.ipvs.weights()["10.0.0.13:6443"] == 0
+    assert took < 0.85, took

@@ -235,11 +235,10 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (  #
     PyRoute2IPVS,
     ensure,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import VIRTUAL_SERVICE_SPEC  # noqa: E402
 
 ARGUMENT_SPEC = {
-    "address": {"type": "str", "required": True},
-    "port": {"type": "int", "required": True},
-    "protocol": {"type": "str", "choices": ["tcp", "udp"], "default": "tcp"},
+    **VIRTUAL_SERVICE_SPEC,
     "scheduler": {"type": "str", "default": "rr"},
     "persistence_timeout": {"type": "int"},
     "real_servers": {

@@ -144,11 +144,10 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._nftables import 
     read_table,
     service_key,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import VIRTUAL_SERVICE_SPEC  # noqa: E402
 
 ARGUMENT_SPEC = {
-    "address": {"type": "str", "required": True},
-    "port": {"type": "int", "required": True},
-    "protocol": {"type": "str", "choices": ["tcp", "udp"], "default": "tcp"},
+    **VIRTUAL_SERVICE_SPEC,
     "backends": {
         "type": "list",
         "elements": "dict",

@@ -10,3 +10,15 @@ VIRTUAL_SERVICE_SPEC = {
     "port": {"type": "int", "required": True},
     "protocol": {"type": "str", "choices": ["tcp", "udp"], "default": "tcp"},
 }
+
+# One weighted destination of the service (ipvs_service's real_servers, nftables_service's backends).
+DESTINATION_SPEC = {
+    "type": "list",
+    "elements": "dict",
+    "default": [],
+    "options": {
+        "address": {"type": "str", "required": True},
+        "port": {"type": "int", "required": True},
+        "weight": {"type": "int", "default": 1},
+    },
+}

@@ -235,22 +235,16 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (  #
     PyRoute2IPVS,
     ensure,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import VIRTUAL_SERVICE_SPEC  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import (  # noqa: E402
+    DESTINATION_SPEC,
+    VIRTUAL_SERVICE_SPEC,
+)
 
 ARGUMENT_SPEC = {
     **VIRTUAL_SERVICE_SPEC,
     "scheduler": {"type": "str", "default": "rr"},
     "persistence_timeout": {"type": "int"},
-    "real_servers": {
-        "type": "list",
-        "elements": "dict",
-        "default": [],
-        "options": {
-            "address": {"type": "str", "required": True},
-            "port": {"type": "int", "required": True},
-            "weight": {"type": "int", "default": 1},
-        },
-    },
+    "real_servers": DESTINATION_SPEC,
     "purge_real_servers": {"type": "bool", "default": True},
     "forwarding": {"type": "str", "choices": ["masquerade", "direct", "tunnel"], "default": "masquerade"},
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},

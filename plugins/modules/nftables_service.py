@@ -135,6 +135,7 @@ foreign:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._nftables import (  # noqa: E402
+    DEFAULT_TABLE,
     NftablesError,
     apply,
     backends_from,
@@ -144,21 +145,15 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._nftables import 
     read_table,
     service_key,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import VIRTUAL_SERVICE_SPEC  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import (  # noqa: E402
+    DESTINATION_SPEC,
+    VIRTUAL_SERVICE_SPEC,
+)
 
 ARGUMENT_SPEC = {
     **VIRTUAL_SERVICE_SPEC,
-    "backends": {
-        "type": "list",
-        "elements": "dict",
-        "default": [],
-        "options": {
-            "address": {"type": "str", "required": True},
-            "port": {"type": "int", "required": True},
-            "weight": {"type": "int", "default": 1},
-        },
-    },
-    "table": {"type": "str", "default": "kubeha_apiserver_lb"},
+    "backends": DESTINATION_SPEC,
+    "table": {"type": "str", "default": DEFAULT_TABLE},
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
 }
 

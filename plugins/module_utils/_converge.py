@@ -11,33 +11,22 @@ probes and plans but applies nothing.
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
-    DOWN,
-    UP,
-    Guard,
-    GuardConfig,
-    GuardError,
-    Hooks,
-)
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import plan, to_dict
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardConfig, GuardError
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     Backend,
     ProbeResult,
-    desired_service,
-    desired_weights,
-    has_local_backend,
     probe_all,
-    render_haproxy,
-    scheduler_for,
     sort_backends,
 )
 
@@ -50,42 +39,6 @@ class Outcome:
     backends: list[dict[str, Any]] = field(default_factory=list)
     fail_open: bool = False
     ready: int = 0
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def snapshot(cfg: GuardConfig, ipvs_factory: Callable[[], Any]) -> dict[str, Any]:
-    """What the data path looks like now: the VIPs' IPVS services, or the haproxy config, and the interface."""
-    shot: dict[str, Any] = {"interface": os.path.exists(f"/sys/class/net/{cfg.interface}")}
-    if cfg.mode == "haproxy":
-        shot["haproxy"] = _read(cfg.haproxy.config_path)
-        return shot
-    adapter = ipvs_factory()
-    try:
-        for vip in cfg.vips:
-            service = adapter.get(vip, cfg.port, "tcp")
-            shot[vip] = to_dict(service, stats=False) if service is not None else None
-    finally:
-        adapter.close()
-    return shot
-
-
-def _weights(cfg: GuardConfig, backends: list[Backend], health: Mapping[Backend, str]) -> tuple[dict, bool]:
-    weights: dict[Backend, int] = {}
-    fail_open = False
-    for version in (4, 6):
-        family = [b for b in backends if b.version == version]
-        if family:
-            family_weights, family_open = desired_weights(family, health, cfg.local_addresses, cfg.prefer_local)
-            weights.update(family_weights)
-            fail_open |= family_open
-    return weights, fail_open
 
 
 def _table(results: Mapping[Backend, ProbeResult], weights: Mapping[Backend, int]) -> list[dict[str, Any]]:
@@ -101,65 +54,56 @@ def _table(results: Mapping[Backend, ProbeResult], weights: Mapping[Backend, int
     ]
 
 
-def predict(cfg: GuardConfig, ipvs_factory: Callable[[], Any]) -> Outcome:
-    """Check mode: probe, decide and plan against the live data path; apply nothing."""
-    backends = list(cfg.seeds)
-    results = probe_all(backends, cfg.probe_settings())
-    health = {b: UP if r.ok else DOWN for b, r in results.items()}
-    weights, fail_open = _weights(cfg, backends, health)
-    actions: list[str] = []
-    if not os.path.exists(f"/sys/class/net/{cfg.interface}"):
-        actions.append(f"create interface {cfg.interface} with {', '.join(cfg.vips)}")
-    if cfg.mode == "haproxy":
-        text = render_haproxy(cfg.haproxy_settings(), backends, cfg.local_addresses, cfg.prefer_local)
-        if _read(cfg.haproxy.config_path) != text:
-            actions.append(f"write {cfg.haproxy.config_path} and reload haproxy")
-    else:
-        scheduler = scheduler_for(cfg.prefer_local, has_local_backend(backends, cfg.local_addresses))
-        adapter = ipvs_factory()
-        try:
-            for vip in cfg.vips:
-                version = ipaddress.ip_address(vip).version
-                family = {b: w for b, w in weights.items() if b.version == version}
-                desired = desired_service(vip, cfg.port, family, scheduler)
-                actions += [a.describe() for a in plan(adapter.get(vip, cfg.port, "tcp"), desired, True)]
-        finally:
-            adapter.close()
-    return Outcome(bool(actions), cfg.mode, actions, _table(results, weights), fail_open,
+def _recording_hooks(results: dict[Backend, ProbeResult], hooks: Hooks | None) -> Hooks:
+    """The real contacts (or the given ones), with the probes' results kept for the module's table."""
+    hooks = hooks or Hooks(notify=lambda _message: False)
+    probe = hooks.prober or probe_all
+
+    def probe_and_keep(backends: Any, settings: Any) -> dict[Backend, ProbeResult]:
+        results.update(probe(backends, settings))
+        return results
+
+    return dataclasses.replace(hooks, prober=probe_and_keep)
+
+
+def predict(cfg: GuardConfig, hooks: Hooks | None = None) -> Outcome:
+    """Check mode (and ``apply: false``): the guard's own decision on one probe of the configured backends (as a
+    guard that starts without a state file: the first probe decides), and its data path's plan for it, without
+    plumbing or apply. The discovered backends a running guard may add are its own and not predicted."""
+    results: dict[Backend, ProbeResult] = {}
+    guard = Guard(cfg, None, _recording_hooks(results, hooks))
+    try:
+        found = guard.hooks.prober(guard.backends, cfg.probe_settings())  # type: ignore[misc]
+        guard.tracker.observe(found)
+        desired, fail_open = guard.desired()
+        actions: list[str] = []
+        if not os.path.exists(os.path.join(guard.hooks.paths.sys_root, "class", "net", cfg.interface)):
+            actions.append(f"create interface {cfg.interface} with {', '.join(cfg.vips)}")
+        actions += [a.describe() for a in guard.datapath.plan(desired)]
+    finally:
+        guard.close()
+    return Outcome(bool(actions), cfg.mode, actions, _table(results, desired.weights), bool(fail_open),
                    sum(r.ok for r in results.values()))  # fmt: skip
 
 
-def _describe(key: str, cfg: GuardConfig) -> str:
-    if key == "interface":
-        return f"created interface {cfg.interface} with {', '.join(cfg.vips)}"
-    if key == "haproxy":
-        return f"wrote {cfg.haproxy.config_path} and reloaded haproxy"
-    return f"updated IPVS service {key} port {cfg.port}"
-
-
 def converge(cfg: GuardConfig, config_path: str, hooks: Hooks | None = None) -> Outcome:
-    """One guard round (plumbing, probes, apply, state file), reported as a change when the data path moved."""
+    """One guard round (plumbing, probes, apply, state file); every change it made, as the module's actions."""
     results: dict[Backend, ProbeResult] = {}
-
-    def probe_and_keep(backends: Any, settings: Any) -> dict[Backend, ProbeResult]:
-        results.update(probe_all(backends, settings))
-        return results
-
-    hooks = hooks or Hooks(notify=lambda _message: False, prober=probe_and_keep)
-    before = snapshot(cfg, hooks.ipvs_factory)
-    guard = Guard(cfg, config_path, hooks)
+    guard = Guard(cfg, config_path, _recording_hooks(results, hooks))
     try:
+        before = guard.datapath.snapshot()
         guard.startup()
         guard.run_round()
         # The running guard retries; a run must not report success with a data path it could not apply.
         if (error := guard.apply_error()) is not None:
             raise GuardError(error)
+        # Steps that cancel out (a restored backend set to 0, then back by the probe) are not a change.
+        moved = guard.datapath.snapshot() != before
+        actions = [*guard.plumbing_changes, *(guard.applied if moved else [])]
         weights = dict(guard.weights)
         fail_open = bool(guard.fail_open_families)
     finally:
         guard.close()
-    after = snapshot(cfg, hooks.ipvs_factory)
-    actions = [_describe(key, cfg) for key in after if before.get(key) != after.get(key)]
     return Outcome(bool(actions), cfg.mode, actions, _table(results, weights), fail_open,
                    sum(r.ok for r in results.values()))  # fmt: skip
 

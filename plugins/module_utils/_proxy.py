@@ -610,6 +610,31 @@ def desired_weights(
     return weights, False
 
 
+def decide(
+    backends: Iterable[Backend],
+    health: Mapping[Backend, str],
+    local_addresses: Iterable[str],
+    prefer_local: bool,
+) -> tuple[dict[Backend, int], set[int]]:
+    """The weights of every backend, decided per address family, and the families (4, 6) that fail open.
+
+    The one decision the guard's rounds and the module's check mode share.
+    """
+    backends = list(backends)
+    local_addresses = tuple(local_addresses)
+    weights: dict[Backend, int] = {}
+    fail_open: set[int] = set()
+    for version in (4, 6):
+        family = [b for b in backends if b.version == version]
+        if not family:
+            continue
+        family_weights, family_fail_open = desired_weights(family, health, local_addresses, prefer_local)
+        weights.update(family_weights)
+        if family_fail_open:
+            fail_open.add(version)
+    return weights, fail_open
+
+
 def desired_service(vip: str, port: int, weights: Mapping[Backend, int], scheduler: str) -> Service:
     """The IPVS virtual server ``vip:port`` (TCP, NAT) with the backends of the VIP's address family."""
     version = ipaddress.ip_address(vip).version

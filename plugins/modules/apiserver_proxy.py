@@ -124,8 +124,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._converge import 
     predict,
     wait_vip_ready,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import GuardError, load_config  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import IPVSError, PyRoute2IPVS  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardError, load_config  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import IPVSError  # noqa: E402
 
 
 def main() -> None:
@@ -141,9 +141,7 @@ def main() -> None:
     try:
         cfg = load_config(module.params["config"])
         outcome = (
-            predict(cfg, PyRoute2IPVS)
-            if module.check_mode or not module.params["apply"]
-            else converge(cfg, module.params["config"])
+            predict(cfg) if module.check_mode or not module.params["apply"] else converge(cfg, module.params["config"])
         )
     except (GuardError, IPVSError) as exc:
         module.fail_json(msg=str(exc))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import MetricsSnapshot, render_metrics
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import MetricsSnapshot, render_metrics
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import DOWN, UP, Backend
 
 M1, M2, M3 = Backend("10.0.0.11", 6443), Backend("10.0.0.12", 6443), Backend("10.0.0.13", 6443)

@@ -11,14 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
-    Guard,
-    Hooks,
-    Paths,
-    parse_config,
-    render_metrics,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import parse_config
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import render_metrics
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, Service, simulate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult, ProbeSettings
 
 METRIC = "kubeha_apiserver_last_reconcile_timestamp_seconds"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _preflight
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import ConfigError, parse_config
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import ConfigError, parse_config
 from ansible_collections.kubeha.apiserver.plugins.module_utils._preflight import NodeFacts, check
 from ansible_collections.kubeha.apiserver.plugins.modules import proxy_preflight
 

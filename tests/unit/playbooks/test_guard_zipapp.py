@@ -1,5 +1,5 @@
 """roles/local_proxy/files/build_guard_zipapp.py: the guard shipped as one file. The same code gives the same bytes
-(so the role's copy changes nothing and restarts no guard), the members follow _guard.py's imports, the file runs
+(so the role's copy changes nothing and restarts no guard), the members follow _guard_daemon.py's imports, the file runs
 as the guard's command line with nothing else on the path, and a missing module stops the build naming it."""
 
 from __future__ import annotations
@@ -55,15 +55,24 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         modules = sorted(n.removeprefix(PREFIX) for n in names if n.startswith(PREFIX) and n != PREFIX + "__init__.py")
-        assert archive.read(PREFIX + "_guard.py") == (MODULE_UTILS / "_guard.py").read_bytes()
+        assert archive.read(PREFIX + "_guard_daemon.py") == (MODULE_UTILS / "_guard_daemon.py").read_bytes()
     assert modules == [
+        "_datapath.py",
+        "_datapath_haproxy.py",
+        "_datapath_ipvs.py",
         "_endpoint.py",
         "_files.py",
-        "_guard.py",
+        "_guard_config.py",
+        "_guard_daemon.py",
+        "_guard_discovery.py",
+        "_guard_hooks.py",
+        "_guard_metrics.py",
+        "_guard_state.py",
         "_ipvs.py",
         "_kernel.py",
         "_kubeapi.py",
         "_kubeconfig.py",
+        "_node_plumbing.py",
         "_proxy.py",
     ]
     assert "__main__.py" in names and names == sorted(names)

@@ -1,8 +1,8 @@
 # Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""module_utils/_guard without root or kernel IPVS: configuration, plumbing commands, /proc/net/ip_vs_conn,
-connection closing, state file, discovery, metrics, and whole loop rounds.
+"""The guard (_guard_daemon and its parts) without root or kernel IPVS: configuration, plumbing commands,
+/proc/net/ip_vs_conn, connection closing, state file, discovery, metrics, and whole loop rounds.
 
 The kernel and the commands are replaced by fakes: an in-memory IPVS adapter (it applies ``_ipvs`` actions
 with ``simulate``), a runner recording the command lines, a scripted prober, and /proc, /proc/sys and /sys
@@ -26,49 +26,68 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from ansible_collections.kubeha.apiserver.plugins.module_utils import _guard
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard import (
-    ENDPOINTSLICES_PATH,
+from ansible_collections.kubeha.apiserver.plugins.module_utils import (
+    _guard_daemon,
+    _guard_discovery,
+    _guard_metrics,
+    _node_plumbing,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import conntrack_commands, socket_kill_commands
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs import (
     NFT_TABLE,
-    ConfigError,
-    Guard,
-    GuardError,
-    GuardState,
-    Hooks,
     IPVSConnection,
-    MetricsServer,
-    MetricsSnapshot,
-    Paths,
-    address_commands,
+    IPVSDataPath,
+    connections_to,
+    nft_ruleset,
+    parse_ip_vs_conn,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import (
+    ConfigError,
+    GuardError,
+    load_config,
+    parse_config,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import (
+    Guard,
+    cleanup,
+    main,
+    make_data_path,
+    next_due,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery import (
+    ENDPOINTSLICES_PATH,
     backend_set,
     backends_from_endpointslices,
-    cleanup,
-    connections_to,
-    conntrack_commands,
     discover_backends,
-    ensure_interface,
-    ensure_plumbing,
-    load_config,
-    main,
-    make_state,
-    next_due,
-    nft_ruleset,
-    parse_config,
-    parse_ip_vs_conn,
-    read_state,
-    remove_plumbing,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks, sd_notify
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import (
+    MetricsServer,
+    MetricsSnapshot,
     render_metrics,
-    sd_notify,
-    socket_kill_commands,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_state import (
+    GuardState,
+    make_state,
+    read_state,
     write_state,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, RealServer, Service, simulate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
+    RealServer,
+    Service,
+)
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError
+from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import (
+    Paths,
+    address_commands,
+    ensure_interface,
+    remove_interface,
+)
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     DOWN,
     UP,
@@ -76,243 +95,25 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     ProbeResult,
     ProbeSettings,
 )
-
-VIP4, VIP6, PORT = "169.254.100.1", "fd00::1", 6443
-M1, M2, M3 = Backend("10.0.0.11", 6443), Backend("10.0.0.12", 6443), Backend("10.0.0.13", 6443)
-M4 = Backend("10.0.0.14", 6443)
-M6 = Backend("fd00::11", 6443)
-CERT = "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
-KEY = "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
-
-
-# --------------------------------------------------------------------------------------------------
-# Fakes
-# --------------------------------------------------------------------------------------------------
-
-
-class FakeIPVS:
-    """The kernel's IPVS table in memory; actions are applied with _ipvs.simulate."""
-
-    def __init__(self) -> None:
-        self.services: dict[tuple[str, int, str], Service] = {}
-        self.applied: list[Action] = []
-        self.fail: str | None = None
-        self.fail_once: str | None = None
-        self.raise_next: list[BaseException] = []  # raised one per apply, whatever their type
-
-    def get(self, address: str, port: int, protocol: str) -> Service | None:
-        return self.services.get(Service(address, port, protocol).key)
-
-    def apply(self, actions: Sequence[Action]) -> None:
-        if self.raise_next:
-            raise self.raise_next.pop(0)
-        if self.fail:
-            raise _guard.IPVSError(self.fail)
-        if self.fail_once:
-            message, self.fail_once = self.fail_once, None
-            raise _guard.IPVSError(message)
-        for action in actions:
-            key = action.service.key
-            after = simulate(self.services.get(key), [action])
-            if after is None:
-                self.services.pop(key, None)
-            else:
-                self.services[key] = after
-            self.applied.append(action)
-
-    def close(self) -> None:
-        return
-
-    def weights(self, vip: str = VIP4) -> dict[str, int]:
-        service = self.services[(vip, PORT, "tcp")]
-        return {rs.endpoint: rs.weight for rs in service.real_servers}
-
-
-def dummy_link(*addresses: tuple[str, int], up: bool = True, kind: str = "dummy") -> dict[str, Any]:
-    infos = [
-        {"family": "inet6" if ":" in a else "inet", "local": a, "prefixlen": p, "scope": "global"} for a, p in addresses
-    ]
-    infos.append({"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"})
-    flags = ["BROADCAST", "NOARP", *(["UP", "LOWER_UP"] if up else [])]
-    return {"ifname": "kha0", "flags": flags, "linkinfo": {"info_kind": kind}, "addr_info": infos}
-
-
-class FakeRunner:
-    """Records command lines; answers from ``responses`` (argv prefix -> answers, the last one repeats)."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.stdin: dict[str, str] = {}
-        self.responses: dict[tuple[str, ...], list[tuple[int, str, str]]] = {
-            ("ip", "-d", "-j", "addr", "show"): [(0, json.dumps([dummy_link((VIP4, 32))]), "")],
-        }
-
-    def respond(self, prefix: Sequence[str], *answers: tuple[int, str, str]) -> None:
-        self.responses[tuple(prefix)] = list(answers)
-
-    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
-        argv = list(argv)
-        self.calls.append(argv)
-        if stdin is not None:
-            self.stdin[" ".join(argv)] = stdin
-        return self.responses_for(argv)
-
-    def responses_for(self, argv: Sequence[str]) -> tuple[int, str, str]:
-        matches = [p for p in self.responses if tuple(argv[: len(p)]) == p]
-        if not matches:
-            return 0, "", ""
-        answers = self.responses[max(matches, key=len)]
-        return answers.pop(0) if len(answers) > 1 else answers[0]
-
-    def commands(self, program: str) -> list[list[str]]:
-        return [c for c in self.calls if c[0] == program]
-
-
-class ScriptedProber:
-    """Answers each backend as scripted: ``ok``, ``fail`` (timeout) or ``refused``; unknown ones are ok."""
-
-    def __init__(self, events: list[str] | None = None) -> None:
-        self.script: dict[Backend, str] = {}
-        self.rounds = 0
-        self.events = events if events is not None else []
-
-    def set(self, outcome: str, *backends: Backend) -> None:
-        for backend in backends:
-            self.script[backend] = outcome
-
-    def __call__(self, backends: Sequence[Backend], settings: ProbeSettings) -> dict[Backend, ProbeResult]:
-        self.rounds += 1
-        self.events.append("probe")
-        results = {}
-        for b in backends:
-            outcome = self.script.get(b, "ok")
-            if outcome == "ok":
-                results[b] = ProbeResult(b, True, 0.012)
-            elif outcome == "refused":
-                results[b] = ProbeResult(b, False, 0.001, "connection refused", refused=True)
-            else:
-                results[b] = ProbeResult(b, False, 1.0, "timed out after 1s")
-        return results
-
-
-def make_paths(tmp_path: Path, ip_vs_conn: str = "") -> Paths:
-    proc = tmp_path / "proc"
-    (proc / "net").mkdir(parents=True, exist_ok=True)
-    (proc / "net" / "ip_vs").write_text("IP Virtual Server version 1.2.1 (size=4096)\n")
-    (proc / "net" / "ip_vs_conn").write_text(ip_vs_conn)
-    sysctl = tmp_path / "proc-sys" / "net" / "ipv4" / "vs"
-    sysctl.mkdir(parents=True, exist_ok=True)
-    for name in ("conntrack", "expire_nodest_conn", "expire_quiescent_template"):
-        (sysctl / name).write_text("0\n")
-    sys_root = tmp_path / "sys"
-    for module in ("ip_vs_rr", "ip_vs_fo"):
-        (sys_root / "module" / module).mkdir(parents=True, exist_ok=True)
-    (sys_root / "class" / "net" / "kha0").mkdir(parents=True, exist_ok=True)
-    return Paths(
-        proc_root=str(proc),
-        proc_sys=str(tmp_path / "proc-sys"),
-        sys_root=str(sys_root),
-        modules_root=str(tmp_path / "lib-modules"),
-    )
-
-
-def config_doc(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "vip": [VIP4],
-        "port": PORT,
-        "mode": "ipvs",
-        "seeds": ["10.0.0.11:6443", "10.0.0.12:6443", "10.0.0.13:6443"],
-        "local_addresses": ["10.0.0.21"],
-        "prefer_local": False,
-        "ca_file": str(tmp_path / "ca.crt"),
-        "interval_s": 1.0,
-        "timeout_s": 1.0,
-        "rise": 2,
-        "fall": 2,
-        "fast_check_interval_s": 0,
-        "state_file": str(tmp_path / "state" / "state.json"),
-        "metrics_port": 0,
-        "interface": "kha0",
-    }
-    doc.update(overrides)
-    return doc
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Rig:
-    """A guard wired to fakes."""
-
-    def __init__(self, tmp_path: Path, ip_vs_conn: str = "", **overrides: Any) -> None:
-        self.tmp_path = tmp_path
-        self.cfg = parse_config(config_doc(tmp_path, **overrides))
-        self.ipvs = FakeIPVS()
-        self.runner = FakeRunner()
-        self.events: list[str] = []
-        self.prober = ScriptedProber(self.events)
-        self.connects: dict[Backend, str] = {}
-        self.discovered: frozenset[Backend] = frozenset()
-        self.discovery_error: BaseException | None = None
-        self.clock = Clock()
-        self.paths = make_paths(tmp_path, ip_vs_conn)
-        self.hooks = Hooks(
-            runner=self.runner,
-            ipvs_factory=lambda: self.ipvs,
-            prober=self.prober,
-            connector=self.connect,
-            discoverer=self.discover,
-            notify=self.notify,
-            clock=lambda: 1_700_000_000.5,
-            monotonic=self.clock,
-            paths=self.paths,
-        )
-        self.guard = Guard(self.cfg, str(tmp_path / "guard.json"), self.hooks)
-
-    def connect(self, backend: Backend, timeout: float) -> ProbeResult:
-        self.events.append(f"connect:{backend}:{timeout:g}")
-        if self.connects.get(backend) == "refused":
-            return ProbeResult(backend, False, 0.0, "connection refused", refused=True)
-        if self.connects.get(backend) == "unanswered":
-            return ProbeResult(backend, False, timeout, f"connect unanswered after {timeout:g}s", unanswered=True)
-        return ProbeResult(backend, True, 0.0)
-
-    def discover(self, cfg: Any, servers: Sequence[Backend]) -> frozenset[Backend]:
-        self.events.append(f"discover:{','.join(map(str, servers))}")
-        if self.discovery_error is not None:
-            raise self.discovery_error
-        return self.discovered
-
-    def notify(self, message: str) -> bool:
-        self.events.append(f"notify:{message}")
-        return True
-
-    def round(self) -> None:
-        self.runner.calls.clear()
-        self.guard.run_round()
-        self.clock.now += 1.0
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    made: list[Rig] = []
-
-    def build(**overrides: Any) -> Rig:
-        r = Rig(tmp_path, **overrides)
-        made.append(r)
-        return r
-
-    yield build  # type: ignore[misc]
-    for r in made:
-        r.guard.close()
-
-
-RigFactory = Callable[..., Rig]
+from guard_rig import (
+    CERT,
+    KEY,
+    M1,
+    M2,
+    M3,
+    M4,
+    M6,
+    PORT,
+    VIP4,
+    VIP6,
+    FakeIPVS,
+    FakeRunner,
+    Rig,
+    RigFactory,
+    config_doc,
+    dummy_link,
+    make_paths,
+)
 
 # Real /proc/net/ip_vs_conn lines (net/netfilter/ipvs/ip_vs_conn.c): "%-3s %08X %04X %08X %04X %08X %04X
 # %-11s %7u%s" for IPv4, "%pI6" (full colon form) for IPv6 addresses. 0x192B = 6443.
@@ -424,7 +225,7 @@ def churn(r: Rig, rounds: int) -> None:
     """Discovery finds a different extra master every time (a cluster whose masters are replaced over and over)."""
     for n in range(rounds):
         r.discovered = frozenset({Backend(f"10.0.{1 + n // 250}.{1 + n % 250}", 6443)})
-        for _answer in range(_guard.DISCOVERY_MISSES):  # the one before leaves after this many answers
+        for _answer in range(_guard_discovery.DISCOVERY_MISSES):  # the one before leaves after this many answers
             assert r.guard.discover_once()
         r.round()
         r.round()  # rise 2: it comes up, so it has a latency and a transition
@@ -437,7 +238,7 @@ def test_backend_churn_keeps_memory_bounded(rig: RigFactory) -> None:
     current = set(r.guard.backends)
     assert set(r.guard.latency) <= current
     departed = {backend for backend, _to in r.guard.transitions} - current
-    assert len(departed) == _guard.DEPARTED_KEPT  # the newest ones keep their counters, for rates over them
+    assert len(departed) == _guard_daemon.DEPARTED_KEPT  # the newest ones keep their counters, for rates over them
     assert Backend("10.0.1.199", 6443) in departed  # the last to leave (n = 198; n = 199 is the current one)
     assert Backend("10.0.1.168", 6443) in departed and Backend("10.0.1.167", 6443) not in departed  # 32 newest
     assert len(r.guard.tracker.health()) == len(current)
@@ -446,7 +247,7 @@ def test_backend_churn_keeps_memory_bounded(rig: RigFactory) -> None:
 def test_negative_control_without_the_bound_churn_grows_memory(
     rig: RigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_guard, "DEPARTED_KEPT", 10**9)
+    monkeypatch.setattr(_guard_daemon, "DEPARTED_KEPT", 10**9)
     r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
     r.round()
     churn(r, 200)
@@ -481,6 +282,16 @@ def test_load_config_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # Plumbing
 # --------------------------------------------------------------------------------------------------
+
+
+def ensure_plumbing(cfg: Any, runner: Any, paths: Paths) -> list[str]:
+    """The plumbing of the configured mode's data path (the interface and the mode's own parts)."""
+    return make_data_path(cfg, Hooks(runner=runner, paths=paths)).plumbing()
+
+
+def remove_plumbing(cfg: Any, runner: Any) -> list[str]:
+    """The IPVS data path's plumbing (no service: no pair given) and the interface, as ``--cleanup`` removes them."""
+    return IPVSDataPath(cfg, Hooks(runner=runner)).remove([]) + remove_interface(cfg.interface, cfg.vips, runner)
 
 
 def test_nft_ruleset_replaces_the_table_atomically() -> None:
@@ -757,7 +568,7 @@ def test_discover_backends_asks_the_apiservers_in_turn(tmp_path: Path, monkeypat
     for name, text in (("ca.crt", CERT), ("client.pem", CERT + KEY)):
         (tmp_path / name).write_text(text)
     cfg = parse_config(config_doc(tmp_path, client_cert_file=str(tmp_path / "client.pem"), discovery={"enabled": True}))
-    monkeypatch.setattr(_guard, "KubeClient", FakeKubeClient)
+    monkeypatch.setattr(_guard_discovery, "KubeClient", FakeKubeClient)
     FakeKubeClient.opened = []
     FakeKubeClient.answers = {
         "https://10.0.0.12:6443": KubeAPIError("forbidden: cannot get endpointslices.discovery.k8s.io"),
@@ -773,7 +584,7 @@ def test_discovery_credentials_from_the_guards_files(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_text(CERT)
     (tmp_path / "client.pem").write_text(CERT + KEY)
     cfg = parse_config(config_doc(tmp_path, client_cert_file=str(tmp_path / "client.pem")))
-    credentials = _guard.discovery_credentials(cfg)
+    credentials = _guard_discovery.discovery_credentials(cfg)
     assert credentials.ca_data == CERT.encode()
     assert credentials.client_cert == credentials.client_key == (CERT + KEY).encode()
 
@@ -1074,16 +885,17 @@ def test_each_thread_programs_ipvs_on_its_own_socket(rig: RigFactory, tmp_path: 
         return made[-1]
 
     guard = Guard(r.cfg, str(tmp_path / "guard.json"), dataclasses.replace(r.hooks, ipvs_factory=factory))
-    mine = guard._ipvs()
-    assert guard._ipvs() is mine
+    path = guard.datapath
+    mine = path._adapter()
+    assert path._adapter() is mine
     other: list[Any] = []
-    worker = threading.Thread(target=lambda: other.append(guard._ipvs()))
+    worker = threading.Thread(target=lambda: other.append(path._adapter()))
     worker.start()
     worker.join()
     assert len(made) == 2 and other[0] is not mine
-    guard._drop_adapter()  # this thread's only
+    path.reset()  # this thread's only
     assert [a.closed for a in made] == [True, False]
-    assert guard._ipvs() is made[2]
+    assert path._adapter() is made[2]
     guard.close()
     assert all(a.closed for a in made)
 
@@ -1180,7 +992,7 @@ def test_the_watchdog_is_fed_only_after_a_completed_round(rig: RigFactory) -> No
 def test_startup_is_retried_with_back_off_then_the_rounds_take_over(
     rig: RigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_guard, "STARTUP_FIRST_RETRY_S", 0.01)
+    monkeypatch.setattr(_guard_daemon, "STARTUP_FIRST_RETRY_S", 0.01)
     r = rig()
     write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1, M2, M3], {M1: UP}))
     real_reconcile = r.guard._reconcile
@@ -1224,7 +1036,7 @@ def test_discovery_adds_backends_and_never_drops_the_seeds(rig: RigFactory, capl
     r.round()
     assert r.ipvs.weights() == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.14:6443": 1}
     r.discovered = frozenset({M1})
-    for _answer in range(_guard.DISCOVERY_MISSES):
+    for _answer in range(_guard_discovery.DISCOVERY_MISSES):
         r.guard.discover_once()
     assert r.guard.backends == (M1, M2)
     r.discovery_error = GuardError("discovery failed: 10.0.0.12:6443: forbidden")
@@ -1264,7 +1076,7 @@ def test_a_state_file_that_cannot_be_written_is_written_by_the_next_round(
     rig: RigFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     r = rig()
-    real_write = _guard.write_state
+    real_write = _guard_daemon.write_state
     failures = [GuardError("cannot write /var/lib/kubeha-apiserver/state.json: No space left on device")]
 
     def write_once_failing(path: str, state: Any) -> None:
@@ -1272,7 +1084,7 @@ def test_a_state_file_that_cannot_be_written_is_written_by_the_next_round(
             raise failures.pop()
         real_write(path, state)
 
-    monkeypatch.setattr(_guard, "write_state", write_once_failing)
+    monkeypatch.setattr(_guard_daemon, "write_state", write_once_failing)
     with caplog.at_level(logging.ERROR, logger="kubeha-apiserver-guard"):
         r.round()
     assert "No space left on device" in caplog.text
@@ -1300,7 +1112,7 @@ def test_an_empty_answer_removes_discovered_backends_only_after_it_repeats_one_a
     r.discovered = frozenset({M1, M4, M5})
     assert r.guard.discover_once()
     r.discovered = frozenset()  # an empty answer (say, a wrong RBAC change that still answers 200)
-    for _answer in range(_guard.DISCOVERY_MISSES - 1):
+    for _answer in range(_guard_discovery.DISCOVERY_MISSES - 1):
         assert r.guard.discover_once()
         assert r.guard.backends == (M1, M4, M5)  # still in the data path
     with caplog.at_level(logging.INFO, logger="kubeha-apiserver-guard"):
@@ -1538,7 +1350,7 @@ def test_an_idle_client_does_not_block_the_metrics_server(rig: RigFactory) -> No
         assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"ok\n")
         assert time.monotonic() - started < 2  # not after the idle clients' timeout
         # An idle client is dropped after the handler's timeout: its connection ends (recv returns b"").
-        idle[0].settimeout(_guard._MetricsHandler.timeout + 5)
+        idle[0].settimeout(_guard_metrics._MetricsHandler.timeout + 5)
         assert idle[0].recv(1) == b""
     finally:
         for sock in idle:
@@ -1554,13 +1366,13 @@ def test_negative_control_a_single_threaded_server_is_blocked_by_an_idle_client(
     class OldServer(http.server.HTTPServer):
         def __init__(self, guard: Any) -> None:
             self.guard = guard
-            super().__init__(("127.0.0.1", 0), _guard._MetricsHandler)
+            super().__init__(("127.0.0.1", 0), _guard_metrics._MetricsHandler)
 
     r = rig()
     server = OldServer(r.guard)
     server.timeout = None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
-    monkeypatch.setattr(_guard._MetricsHandler, "timeout", None)  # as before: no per-connection timeout
+    monkeypatch.setattr(_guard_metrics._MetricsHandler, "timeout", None)  # as before: no per-connection timeout
     thread.start()
     idle = socket.create_connection(server.server_address[:2], timeout=5)
     try:
@@ -1758,7 +1570,7 @@ def test_many_unanswering_backends_take_one_timeout_not_several(
     # Real sockets, the guard's real prober and pool: 20 probes (timeout 0.3 s) time out together. Negative
     # control, in the same test for the same load: the pool of 8 the guard had before takes three timeouts in a row.
     sized = timed_round(tmp_path, black_holes)
-    monkeypatch.setattr(_guard, "probe_pool_size", lambda cfg: 8)
+    monkeypatch.setattr(_guard_daemon, "probe_pool_size", lambda cfg: 8)
     capped = timed_round(tmp_path, black_holes)
     assert capped >= 0.85, (sized, capped)
     print(f"\n20 unanswering backends: {sized:.2f} s with the sized pool, {capped:.2f} s with 8 threads")
@@ -1778,7 +1590,7 @@ def haproxy_rig(rig: RigFactory, tmp_path: Path, check_command: list[str]) -> Ri
 
     def runner(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
         fake(argv, stdin)
-        return _guard.run_command(argv, stdin) if argv[0] in (HAPROXY, "true") else fake.responses_for(argv)
+        return _node_plumbing.run_command(argv, stdin) if argv[0] in (HAPROXY, "true") else fake.responses_for(argv)
 
     r.guard.hooks = dataclasses.replace(r.guard.hooks, runner=runner)
     return r
@@ -1826,7 +1638,7 @@ def test_negative_control_without_the_check_the_refused_configuration_lands_in_t
     r.guard._set_backends(backend_set(r.cfg.seeds, [M4]))
     r.round()
     assert "10.0.0.14_6443" in config.read_text()
-    assert _guard.run_command([HAPROXY, "-c", "-q", "-f", str(config)])[0] != 0
+    assert _node_plumbing.run_command([HAPROXY, "-c", "-q", "-f", str(config)])[0] != 0
 
 
 def test_periodic_steps_keep_a_fixed_rate_and_a_slow_one_is_followed_at_once() -> None:

@@ -88,6 +88,7 @@ def render(root: Path = ROOT) -> str:
     """The document, from the roles under `root`."""
     venv = _venv_packages(root)
     ipvs = _unique(_default(root, "local_proxy", "local_proxy_packages_ipvs"), venv)
+    nftables = _unique(_default(root, "local_proxy", "local_proxy_packages_nftables"), venv)
     haproxy = _unique(_default(root, "local_proxy", "local_proxy_packages_haproxy"), venv)
     wheels = _default(root, "local_proxy", "local_proxy_wheels")
     master_wheels = _default(root, "apiserver_cert_sans", "apiserver_cert_sans_wheels")
@@ -117,9 +118,11 @@ def render(root: Path = ROOT) -> str:
         "| --- | --- | --- |",
         f"| IPVS nodes (`local_proxy_mode` `ipvs`, or `auto` where the kernel has IPVS) | {code(ipvs)} "
         "| `local_proxy_packages_ipvs`, and the virtualenv's in `roles/local_proxy/tasks/venv.yml` |",
+        f"| nftables nodes (`local_proxy_mode` `nftables`, or `auto` where kube-proxy runs in nftables mode) "
+        f"| {code(nftables)} | `local_proxy_packages_nftables`, and the virtualenv's |",
         f"| haproxy nodes (`local_proxy_mode` `haproxy`, or `auto` where the kernel has no IPVS) | {code(haproxy)} "
         "| `local_proxy_packages_haproxy`, and the virtualenv's |",
-        "| masters | as their mode says (each master is an IPVS or a haproxy node too) | |",
+        "| masters | as their mode says (each master is an IPVS, nftables or haproxy node too) | |",
         "",
         "`python3-venv` brings pip into the virtualenv (Debian's `ensurepip`, from its dependencies): no pip wheel",
         "is needed.",

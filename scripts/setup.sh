@@ -13,8 +13,9 @@ debs=(
   qemu-system-x86 qemu-utils debootstrap systemd-container dpkg-dev e2fsprogs shellcheck
   iproute2 nftables iptables openssh-client netcat-openbsd curl ca-certificates rsync python3-venv
   openssl gcc libc6-dev
-  # the unit tests run the guard's haproxy configuration with the real haproxy on loopback
-  haproxy
+  # the unit tests run the guard's haproxy configuration with the real haproxy on loopback, and its nftables data
+  # path's connection closing with the real conntrack in a network namespace
+  haproxy conntrack
 )
 deb_stamp="$cache/debs.stamp"
 want=$(printf '%s\n' "${debs[@]}" | sha256sum | cut -c1-16)

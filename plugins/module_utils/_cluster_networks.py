@@ -109,20 +109,25 @@ def component(argv: Sequence[str]) -> str | None:
     return name if name in FLAGS else None
 
 
-def read_processes(reading: Reading, proc: str = "/proc") -> None:
-    """The flags of every kube-apiserver and kube-controller-manager running here (static pods or systemd units)."""
-    try:
-        entries = os.listdir(proc)
-    except OSError as exc:
-        reading.warnings.append(f"cannot list {proc}: {exc.strerror}")
-        return
-    for pid in sorted((e for e in entries if e.isdigit()), key=int):
+def command_lines(proc: str = "/proc") -> Iterator[tuple[str, list[str]]]:
+    """``(pid, argv)`` of every process here, in PID order (OSError when ``proc`` cannot be listed)."""
+    for pid in sorted((e for e in os.listdir(proc) if e.isdigit()), key=int):
         try:
             with open(os.path.join(proc, pid, "cmdline"), "rb") as handle:
                 raw = handle.read()
         except OSError:
             continue  # gone meanwhile, or not ours to read
-        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        yield pid, [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+
+
+def read_processes(reading: Reading, proc: str = "/proc") -> None:
+    """The flags of every kube-apiserver and kube-controller-manager running here (static pods or systemd units)."""
+    try:
+        processes = list(command_lines(proc))
+    except OSError as exc:
+        reading.warnings.append(f"cannot list {proc}: {exc.strerror}")
+        return
+    for pid, argv in processes:
         name = component(argv)
         if name is None:
             continue

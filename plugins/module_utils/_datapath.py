@@ -62,6 +62,9 @@ class DataPath(ABC):
     # Whether a failed plan or apply is retried at once after ``reset()`` (a kernel socket that failed under load).
     retry_after_reset: ClassVar[bool] = False
     handle: ClassVar[str] = "handle"  # what reset() renews, as the retry's log line names it
+    # Whether the fast check (every 250 ms) also plans the last decision again, so that a data path someone else
+    # flushed is restored within one fast-check interval instead of one round.
+    verify_each_fast_check: ClassVar[bool] = False
 
     def __init__(self, cfg: GuardConfig, hooks: Hooks) -> None:
         self.cfg = cfg

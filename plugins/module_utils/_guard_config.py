@@ -31,7 +31,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
 
 LOG = logging.getLogger("kubeha-apiserver-guard")  # the guard's one logger, for every part of it
 
-MODES = ("ipvs", "haproxy")
+MODES = ("ipvs", "nftables", "haproxy")
 # haproxy can carry a VIP of one address family to backends of the other; the kernel paths translate within one.
 CROSS_FAMILY_MODES = frozenset({"haproxy"})
 DISCOVERED_MAX = 16  # discovered backends accepted at most (the first, in address order): an answer cannot flood

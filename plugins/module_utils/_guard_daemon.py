@@ -42,6 +42,7 @@ from typing import Any
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import DataPath, Desired
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_haproxy import HaproxyDataPath
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs import IPVSDataPath
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_nftables import NftablesDataPath
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import (
     LOG,
@@ -86,7 +87,7 @@ HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round 
 PLUMBING_RETRY_S = 10.0  # failed (or lost) plumbing is retried at this pace
 
 # The data path of each mode (``_guard_config.MODES`` names them for the configuration).
-DATA_PATHS: dict[str, type[DataPath]] = {path.mode: path for path in (IPVSDataPath, HaproxyDataPath)}
+DATA_PATHS: dict[str, type[DataPath]] = {path.mode: path for path in (IPVSDataPath, NftablesDataPath, HaproxyDataPath)}
 
 
 def make_data_path(cfg: GuardConfig, hooks: Hooks) -> DataPath:
@@ -133,6 +134,9 @@ class Guard:
         self._refused: list[str] = []  # discovered backends ignored last time, with why
         self._misses: dict[Backend, int] = {}  # discovered backends: answers in a row that lacked each
         self.apply_errors = 0
+        self.repairs = 0  # data paths found changed by someone else and restored
+        self._last_desired: Desired | None = None  # the last decision the data path was given
+        self._applied_desired: Desired | None = None  # the last one it carried out
         self.last_reconcile: float | None = None
         self._last_round: float | None = None
         self.datapath = make_data_path(cfg, self._hooks)
@@ -252,7 +256,16 @@ class Guard:
     def fast_check_once(self) -> list[Transition]:
         """TCP-connect every backend that is up; a refused one, or one unanswered ``fall`` times in a row,
         goes down and is applied at once. Successful connects only reset the unanswered count: readiness
-        is the TLS probe's to decide."""
+        is the TLS probe's to decide. Then, for a data path that asks for it, the last decision is planned again:
+        a table someone flushed is restored within one fast-check interval."""
+        transitions = self._fast_connects()
+        if self.datapath.verify_each_fast_check:
+            with self._lock:
+                if self._last_desired is not None:
+                    self._apply(self._last_desired)
+        return transitions
+
+    def _fast_connects(self) -> list[Transition]:
         with self._lock:
             targets = [b for b in self.backends if self.tracker.state(b) == UP]
             timeout = self.cfg.connect_timeout_s
@@ -322,10 +335,16 @@ class Guard:
         retried at once on a new handle, since waiting for the next round would leave a failed master in the data
         path for another second."""
         path = self.datapath
+        self._last_desired = desired
         attempts = 2 if path.retry_after_reset else 1
         for attempt in range(1, attempts + 1):
             try:
                 actions = path.plan(desired)
+                if actions and desired == self._applied_desired and not path.pending():
+                    # The decision is the one last applied, yet the data path differs: someone else changed it
+                    # (kube-proxy's start-up cleanup of IPVS, a flushed ruleset, an edited file).
+                    self.repairs += 1
+                    LOG.warning("%s was changed outside the guard; restoring it", path.label)
                 if actions:
                     path.apply(actions)
                     self.applied += [a.describe() for a in actions]
@@ -343,6 +362,7 @@ class Guard:
                 self._error("apply", message)
                 return False
             break
+        self._applied_desired = desired
         if not path.pending():  # a failed step waiting for its retry has not recovered yet
             self._recovered("apply", f"applying {path.label}")
         return True
@@ -533,6 +553,7 @@ class Guard:
                 discovered=len(self.discovered),
                 apply_errors=self.apply_errors,
                 haproxy_refused=self.datapath.refused,
+                repairs=self.repairs,
             )
 
     def healthy(self) -> tuple[bool, str]:

@@ -29,6 +29,7 @@ class MetricsSnapshot:
     discovered: int
     apply_errors: int
     haproxy_refused: int = 0
+    repairs: int = 0
 
 
 def _label(value: str) -> str:
@@ -106,6 +107,12 @@ def render_metrics(snap: MetricsSnapshot) -> str:
         "counter",
         "haproxy configurations or reloads that haproxy refused (the configuration in use kept serving).",
         [("", snap.haproxy_refused)],
+    )
+    family(
+        "kubeha_apiserver_datapath_repairs_total",
+        "counter",
+        "Times the data path was found changed by someone else (kube-proxy, a flushed ruleset) and restored.",
+        [("", snap.repairs)],
     )
     return "\n".join(lines) + "\n"
 

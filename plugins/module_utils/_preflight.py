@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_networks import command_lines, flag_values
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import (
     EndpointError,
     format_endpoint,
@@ -36,14 +39,45 @@ class NodeFacts:
     listening: frozenset[tuple[str, int]] = frozenset()
     ipvs_available: bool = False
     ipvs_reason: str = ""
+    nftables_available: bool = False
+    nftables_reason: str = ""
+    # the mode of the kube-proxy running here ("" when none runs), and where it was read
+    kube_proxy_mode: str = ""
+    kube_proxy_evidence: str = ""
+
+
+MODES = ("ipvs", "nftables", "haproxy")
 
 
 @dataclass(frozen=True)
 class Verdict:
     errors: list[str]
     warnings: list[str]
-    mode: str  # ipvs or haproxy, "auto" resolved
+    mode: str  # ipvs, nftables or haproxy: "auto" resolved
     backends: list[str]  # normalised "addr:port" / "[addr6]:port"
+    mode_reason: str = ""  # why this mode (the rule auto applied, or "asked for")
+
+
+def choose_mode(facts: NodeFacts) -> tuple[str, str]:
+    """``auto``'s choice for this node, and why.
+
+    - kube-proxy runs in nftables mode: nftables. Its start-up cleanup deletes every IPVS service on the node (it
+      ignores excludeCIDRs), at every rollout, upgrade and reboot; the collection's own nftables table is never
+      touched by it.
+    - IPVS in the kernel: IPVS (kube-proxy in IPVS or iptables mode, or none yet).
+    - otherwise: haproxy, a userspace proxy that needs neither.
+    """
+    if facts.kube_proxy_mode == "nftables":
+        if facts.nftables_available:
+            return "nftables", (
+                f"kube-proxy runs in nftables mode ({facts.kube_proxy_evidence}): its start-up cleanup deletes IPVS "
+                "services, never the collection's nftables table"
+            )
+        return "haproxy", f"kube-proxy runs in nftables mode but nftables is not usable here: {facts.nftables_reason}"
+    proxy = f"kube-proxy in {facts.kube_proxy_mode} mode" if facts.kube_proxy_mode else "no kube-proxy running yet"
+    if facts.ipvs_available:
+        return "ipvs", f"IPVS is available ({facts.ipvs_reason}); {proxy}"
+    return "haproxy", f"no IPVS in this kernel ({facts.ipvs_reason}); {proxy}"
 
 
 def parse_endpoint(value: str) -> tuple[Address, int]:
@@ -161,19 +195,26 @@ def check(
                 if iface == own_interface or v.version != iface_net.version:
                     continue
                 if iface == "lo" and iface_net.ip == v and iface_net.network.prefixlen == iface_net.max_prefixlen:
-                    continue  # the proxy's own VIP where it lives on loopback (haproxy mode)
+                    continue  # the proxy's own VIP where it lives on loopback (haproxy and nftables modes)
                 if iface_net.ip == v:
                     errors.append(f"VIP {v} is already in use on interface {iface}")
                 elif iface_net.network.prefixlen < iface_net.max_prefixlen and v in iface_net.network:
                     errors.append(f"VIP {v} is inside {iface_net.network}, the network of interface {iface}")
 
-    resolved = mode
+    resolved, reason = mode, "asked for"
     if mode == "auto":
-        resolved = "ipvs" if facts.ipvs_available else "haproxy"
+        resolved, reason = choose_mode(facts)
     elif mode == "ipvs" and not facts.ipvs_available:
         errors.append(f"mode ipvs asked, but IPVS is not available in this kernel: {facts.ipvs_reason}")
-    elif mode not in ("ipvs", "haproxy"):
-        errors.append(f"mode {mode!r} is not one of auto, ipvs, haproxy")
+    elif mode == "nftables" and not facts.nftables_available:
+        errors.append(f"mode nftables asked, but nftables is not available in this kernel: {facts.nftables_reason}")
+    elif mode not in MODES:
+        errors.append(f"mode {mode!r} is not one of auto, {', '.join(MODES)}")
+    if resolved == "ipvs" and facts.kube_proxy_mode == "nftables":
+        warnings.append(
+            f"kube-proxy runs in nftables mode here ({facts.kube_proxy_evidence}): it deletes the IPVS services at "
+            "each of its starts and the guard restores them about a second later; mode nftables (or auto) avoids it"
+        )
 
     for v in vips:
         wildcard = "0.0.0.0" if v.version == 4 else "::"
@@ -184,9 +225,11 @@ def check(
             if resolved == "haproxy":
                 errors.append(message + ": haproxy could not bind the VIP; choose another port")
             else:
-                warnings.append(message + "; IPVS takes the VIP's packets first, but choose another port if you can")
+                warnings.append(
+                    message + "; the kernel takes the VIP's packets first, but choose another port if you can"
+                )
     errors.extend(_check_metrics(metrics_address, metrics_port, port, facts))
-    return Verdict(errors, warnings, resolved, [format_endpoint(a, p) for a, p in parsed])
+    return Verdict(errors, warnings, resolved, [format_endpoint(a, p) for a, p in parsed], reason)
 
 
 def _check_metrics(address: str, port: int, proxy_port: int, facts: NodeFacts) -> list[str]:
@@ -256,6 +299,46 @@ def ipvs_capability(proc: str = "/proc", lib_modules: str = "/lib/modules", sys_
     return True, f"ip_vs {state} ({evidence})"
 
 
+def nftables_capability(
+    proc: str = "/proc", lib_modules: str = "/lib/modules", sys_root: str = "/sys"
+) -> tuple[bool, str]:
+    """Whether nftables can run here (nf_tables loaded, built in or loadable), and the evidence."""
+    state, evidence = kernel_module("nf_tables", proc, sys_root, lib_modules)
+    if state == "absent":
+        return False, evidence
+    return True, "loaded" if state == "loaded" else f"nf_tables {state} ({evidence})"
+
+
+_MODE_LINE = re.compile(r"""^mode:[ \t]*["']?([A-Za-z]*)["']?[ \t]*(?:#.*)?$""", re.M)
+
+
+def kube_proxy_mode(proc: str = "/proc") -> tuple[str, str]:
+    """The mode of the kube-proxy running here (a systemd unit or a pod: its flags, else its configuration file read
+    through the process's own root), and where it was read; ``("", why)`` when no kube-proxy runs."""
+    try:
+        processes = list(command_lines(proc))
+    except OSError as exc:
+        return "", f"cannot list {proc}: {exc.strerror}"
+    for pid, argv in processes:
+        if not argv or os.path.basename(argv[0]) != "kube-proxy":
+            continue
+        for _flag, _kind, value in flag_values(argv[1:], {"--proxy-mode": "mode"}):
+            return value or "iptables", f"kube-proxy --proxy-mode (process {pid})"
+        for _flag, _kind, value in flag_values(argv[1:], {"--config": "config"}):
+            path = os.path.join(proc, pid, "root", value.lstrip("/"))
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    match = _MODE_LINE.search(handle.read())
+            except OSError as exc:
+                return "", f"kube-proxy (process {pid}) reads {value}, which cannot be read: {exc.strerror}"
+            # An empty or missing mode is the default, iptables on Linux.
+            return (
+                match.group(1) if match and match.group(1) else "iptables"
+            ), f"{value} of kube-proxy (process {pid})"
+        return "iptables", f"kube-proxy (process {pid}) has no --proxy-mode or --config: its default"
+    return "", "no kube-proxy runs here"
+
+
 def read_node_facts(ip_command: str = "ip") -> NodeFacts:
     listening: set[tuple[str, int]] = set()
     for name in ("tcp", "tcp6"):
@@ -267,4 +350,7 @@ def read_node_facts(ip_command: str = "ip") -> NodeFacts:
     res = subprocess.run([ip_command, "-j", "addr", "show"], capture_output=True, text=True, check=False)
     interfaces = parse_ip_addr_json(res.stdout) if res.returncode == 0 else {}
     available, reason = ipvs_capability()
-    return NodeFacts(interfaces, frozenset(listening), available, reason)
+    nft_available, nft_reason = nftables_capability()
+    proxy_mode, proxy_evidence = kube_proxy_mode()
+    return NodeFacts(interfaces, frozenset(listening), available, reason, nft_available, nft_reason, proxy_mode,
+                     proxy_evidence)  # fmt: skip

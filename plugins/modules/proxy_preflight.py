@@ -12,7 +12,9 @@ description:
   - Validates the virtual addresses, port and backends of the node-local apiserver proxy, and checks them
     against the node they are meant for, before the local_proxy role changes anything.
   - Fails with one message listing every problem, each naming the value and the reason.
-  - Resolves O(mode=auto) to V(ipvs) when the kernel has IPVS, else V(haproxy).
+  - Resolves O(mode=auto) per node, and says why in RV(mode_reason) - V(nftables) when the kube-proxy running on
+    the node is in nftables mode (its start-up cleanup deletes every IPVS service on the node), else V(ipvs) when
+    the kernel has IPVS, else V(haproxy).
 author: kubeha.apiserver developers (!UNKNOWN)
 attributes:
   check_mode:
@@ -27,6 +29,8 @@ attributes:
     description: Reads Linux's /proc and /sys.
 notes:
   - Reads /proc, /lib/modules and C(ip -j addr); loads no kernel module.
+  - kube-proxy's mode is read from the running kube-proxy (a systemd unit or a pod) - its C(--proxy-mode) flag, else
+    the C(mode) of its C(--config) file, read through the process's own root.
 options:
   vip4:
     description: IPv4 virtual address of the proxy. Empty for none.
@@ -46,9 +50,9 @@ options:
     elements: str
     required: true
   mode:
-    description: V(ipvs), V(haproxy), or V(auto) (IPVS when the kernel has it).
+    description: V(ipvs), V(nftables), V(haproxy), or V(auto) (see the description).
     type: str
-    choices: [auto, ipvs, haproxy]
+    choices: [auto, ipvs, nftables, haproxy]
     default: auto
   forbidden_ranges:
     description: Node, pod and service CIDRs that the virtual addresses must stay out of.
@@ -96,6 +100,20 @@ mode:
   type: str
   returned: always
   sample: ipvs
+mode_reason:
+  description: Why this mode - the rule O(mode=auto) applied, with its evidence, or V(asked for).
+  type: str
+  returned: always
+  sample: "IPVS is available (loaded); kube-proxy in iptables mode"
+kube_proxy_mode:
+  description: The mode of the kube-proxy running on this node; empty when none runs.
+  type: str
+  returned: always
+  sample: nftables
+nftables_available:
+  description: Whether this node's kernel has nftables.
+  type: bool
+  returned: always
 ipvs_available:
   description: Whether this node's kernel has IPVS.
   type: bool
@@ -120,6 +138,7 @@ backends:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._preflight import (  # noqa: E402
+    MODES,
     check,
     read_node_facts,
 )
@@ -132,7 +151,7 @@ def main() -> None:
             "vip6": {"type": "str", "default": ""},
             "port": {"type": "int", "required": True},
             "backends": {"type": "list", "elements": "str", "required": True},
-            "mode": {"type": "str", "choices": ["auto", "ipvs", "haproxy"], "default": "auto"},
+            "mode": {"type": "str", "choices": ["auto", *MODES], "default": "auto"},
             "forbidden_ranges": {"type": "list", "elements": "str", "default": []},
             "interface": {"type": "str", "default": "kha0"},
             "metrics_address": {"type": "str", "default": "127.0.0.1"},
@@ -150,7 +169,9 @@ def main() -> None:
     local = [a.split("/")[0] for name, addrs in facts.interfaces.items() if name not in ("lo", p["interface"])
              for a in addrs]  # fmt: skip
     result = {"changed": False, "mode": verdict.mode, "backends": verdict.backends, "local_addresses": local,
-              "ipvs_available": facts.ipvs_available, "ipvs_reason": facts.ipvs_reason}  # fmt: skip
+              "ipvs_available": facts.ipvs_available, "ipvs_reason": facts.ipvs_reason,
+              "mode_reason": verdict.mode_reason, "kube_proxy_mode": facts.kube_proxy_mode,
+              "nftables_available": facts.nftables_available}  # fmt: skip
     if verdict.errors:
         module.fail_json(msg="; ".join(verdict.errors), **result)
     module.exit_json(**result)

@@ -33,6 +33,8 @@ def imported_module_utils(source: str) -> set[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE + "."):
             names.add(node.module.removeprefix(PACKAGE + "."))
+        elif isinstance(node, ast.ImportFrom) and node.module == PACKAGE:  # from PACKAGE import _module
+            names.update(a.name for a in node.names)
         elif isinstance(node, ast.Import):
             names.update(a.name.removeprefix(PACKAGE + ".") for a in node.names if a.name.startswith(PACKAGE + "."))
     return names

@@ -60,6 +60,7 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         "_datapath.py",
         "_datapath_haproxy.py",
         "_datapath_ipvs.py",
+        "_datapath_nftables.py",
         "_endpoint.py",
         "_files.py",
         "_guard_config.py",
@@ -72,6 +73,7 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         "_kernel.py",
         "_kubeapi.py",
         "_kubeconfig.py",
+        "_nftables.py",
         "_node_plumbing.py",
         "_proxy.py",
     ]

@@ -1,7 +1,7 @@
 # Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""A guard wired to fakes, shared by the guard's unit tests (the ``rig`` fixture is in conftest.py).
+"""A guard wired to fakes, shared by the guard's unit tests (each defines its ``rig`` fixture with ``rigs``).
 
 The kernel and the commands are replaced by fakes: an in-memory IPVS adapter (it applies ``_ipvs`` actions with
 ``simulate``), a runner recording the command lines, a scripted prober, and /proc, /proc/sys and /sys trees under
@@ -11,7 +11,7 @@ a test's ``tmp_path``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,8 @@ class FakeRunner:
         self.stdin: dict[str, str] = {}
         self.responses: dict[tuple[str, ...], list[tuple[int, str, str]]] = {
             ("ip", "-d", "-j", "addr", "show"): [(0, json.dumps([dummy_link((VIP4, 32))]), "")],
+            # as nft answers for a table that does not exist (the nftables data path's, outside its mode)
+            ("nft", "-j", "list", "table"): [(1, "", "Error: No such file or directory\n")],
         }
 
     def respond(self, prefix: Sequence[str], *answers: tuple[int, str, str]) -> None:
@@ -243,3 +245,20 @@ class Rig:
 
 
 RigFactory = Callable[..., Rig]
+
+
+def rigs(tmp_path: Path) -> Iterator[RigFactory]:
+    """What a test's ``rig`` fixture yields: a factory of rigs (settings as keyword arguments), closed after it.
+
+    A fixture of each test file, not of a conftest.py: the integration tests import their own conftest by name.
+    """
+    made: list[Rig] = []
+
+    def build(**overrides: Any) -> Rig:
+        r = Rig(tmp_path, **overrides)
+        made.append(r)
+        return r
+
+    yield build
+    for r in made:
+        r.guard.close()

@@ -8,10 +8,17 @@ reports every change it made, and none when it only looked."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._converge import converge, predict
-from guard_rig import M1, M2, M3, M6, VIP4, VIP6, RigFactory
+from guard_rig import M1, M2, M3, M6, VIP4, VIP6, RigFactory, rigs
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[RigFactory]:
+    yield from rigs(tmp_path)
 
 
 def test_check_mode_predicts_the_services_and_changes_nothing(rig: RigFactory) -> None:

@@ -113,7 +113,14 @@ from guard_rig import (
     config_doc,
     dummy_link,
     make_paths,
+    rigs,
 )
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[RigFactory]:
+    yield from rigs(tmp_path)
+
 
 # Real /proc/net/ip_vs_conn lines (net/netfilter/ipvs/ip_vs_conn.c): "%-3s %08X %04X %08X %04X %08X %04X
 # %-11s %7u%s" for IPv4, "%pI6" (full colon form) for IPv6 addresses. 0x192B = 6443.
@@ -177,7 +184,7 @@ def test_config_defaults(tmp_path: Path) -> None:
         ({"vip": ["169.254.100"]}, "guard.json: vip\\[0\\] '169.254.100' is not an IPv4 or IPv6 address"),
         ({"vip": [VIP4, "169.254.100.2"]}, "must hold at most one IPv4 and one IPv6 address"),
         ({"vip": []}, "vip \\[\\] is not a list of one or two addresses"),
-        ({"mode": "nginx"}, 'guard.json: mode "nginx" is not one of ipvs, haproxy'),
+        ({"mode": "nginx"}, 'guard.json: mode "nginx" is not one of ipvs, nftables, haproxy'),
         ({"seeds": []}, "seeds \\[\\] is not a non-empty list"),
         ({"seeds": ["10.0.0.11"]}, "guard.json: seeds\\[0\\] '10.0.0.11' is not ADDRESS:PORT"),
         ({"seeds": ["fd00::11:6443"]}, "seeds\\[0\\] 'fd00::11:6443': write an IPv6 address in brackets"),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._preflight import (
     NodeFacts,
     check,
+    kube_proxy_mode,
     parse_endpoint,
     parse_ip_addr_json,
     parse_proc_net_tcp,
@@ -133,3 +137,85 @@ def test_proc_net_tcp_listeners_ipv4_and_ipv6():
 def test_ip_addr_json():
     text = '[{"ifname":"eth0","addr_info":[{"local":"10.0.0.5","prefixlen":24},{"family":"x"}]},{"ifname":"lo"}]'
     assert parse_ip_addr_json(text) == {"eth0": ["10.0.0.5/24"], "lo": []}
+
+
+# --------------------------------------------------------------------------------------------------
+# The mode auto chooses per node, and kube-proxy's mode read from the running process
+# --------------------------------------------------------------------------------------------------
+
+
+EVIDENCE = "/var/lib/kube-proxy/config.conf of kube-proxy (process 42)"
+
+
+def facts(kube_proxy_mode: str = "", ipvs: bool = True, nftables: bool = True) -> NodeFacts:
+    return dataclasses.replace(IPVS_NODE, ipvs_available=ipvs, ipvs_reason="loaded" if ipvs else "no ip_vs module",
+                               nftables_available=nftables, nftables_reason="loaded" if nftables else "no nf_tables",
+                               kube_proxy_mode=kube_proxy_mode, kube_proxy_evidence=EVIDENCE)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("node", "mode", "why"),
+    [
+        (facts("nftables"), "nftables", "kube-proxy runs in nftables mode (/var/lib/kube-proxy/config.conf of "
+                                        "kube-proxy (process 42)): its start-up cleanup deletes IPVS services"),
+        (facts("nftables", ipvs=False), "nftables", "kube-proxy runs in nftables mode"),
+        (facts("nftables", nftables=False), "haproxy", "nftables is not usable here: no nf_tables"),
+        (facts("ipvs"), "ipvs", "IPVS is available (loaded); kube-proxy in ipvs mode"),
+        (facts("iptables"), "ipvs", "IPVS is available (loaded); kube-proxy in iptables mode"),
+        (facts(""), "ipvs", "IPVS is available (loaded); no kube-proxy running yet"),
+        (facts("iptables", ipvs=False), "haproxy", "no IPVS in this kernel (no ip_vs module); kube-proxy in iptables"),
+    ],
+)  # fmt: skip
+def test_auto_chooses_per_node_and_says_why(node: NodeFacts, mode: str, why: str) -> None:
+    verdict = check("169.254.100.1", "", 6444, BACKENDS[:2], "auto", node)
+    assert verdict.errors == [] and verdict.mode == mode
+    assert verdict.mode_reason.startswith(why) or why in verdict.mode_reason, verdict.mode_reason
+
+
+def test_nftables_asked_without_nftables_fails_and_ipvs_beside_nftables_kube_proxy_warns() -> None:
+    verdict = check("169.254.100.1", "", 6444, BACKENDS[:2], "nftables", facts(nftables=False))
+    assert verdict.errors == ["mode nftables asked, but nftables is not available in this kernel: no nf_tables"]
+    assert check("169.254.100.1", "", 6444, BACKENDS[:2], "nftables", facts()).mode_reason == "asked for"
+    warned = check("169.254.100.1", "", 6444, BACKENDS[:2], "ipvs", facts("nftables"))
+    assert warned.errors == [] and len(warned.warnings) == 1
+    assert "deletes the IPVS services at each of its starts" in warned.warnings[0]
+    # Negative control: beside kube-proxy in IPVS mode, the IPVS data path is not warned about.
+    assert check("169.254.100.1", "", 6444, BACKENDS[:2], "ipvs", facts("ipvs")).warnings == []
+    unknown = check("169.254.100.1", "", 6444, BACKENDS[:2], "nginx", facts())
+    assert "one of auto, ipvs, nftables, haproxy" in unknown.errors[0]
+
+
+def fake_proc(tmp_path: Path, *processes: tuple[list[str], str | None]) -> str:
+    """A /proc with one directory per process: its cmdline, and its root holding the config file when given."""
+    proc = tmp_path / "proc"
+    for pid, (argv, config) in enumerate(processes, start=100):
+        (proc / str(pid) / "root" / "var" / "lib" / "kube-proxy").mkdir(parents=True)
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        if config is not None:
+            (proc / str(pid) / "root" / "var" / "lib" / "kube-proxy" / "config.conf").write_text(config)
+    return str(proc)
+
+
+KUBE_PROXY_POD = ["/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", "--hostname-override=w1"]
+
+
+@pytest.mark.parametrize(
+    ("processes", "mode", "evidence"),
+    [
+        ([(KUBE_PROXY_POD, 'kind: KubeProxyConfiguration\nmode: "nftables"\n')], "nftables",
+         "/var/lib/kube-proxy/config.conf of kube-proxy (process 100)"),
+        ([(["/usr/bin/sleep", "9"], None), (KUBE_PROXY_POD, "mode: ipvs # as kubeadm writes it\n")], "ipvs",
+         "/var/lib/kube-proxy/config.conf of kube-proxy (process 101)"),
+        ([(KUBE_PROXY_POD, 'mode: ""\n')], "iptables", "/var/lib/kube-proxy/config.conf of kube-proxy"),
+        ([(["kube-proxy", "--proxy-mode", "nftables", "--config=/x"], None)], "nftables", "kube-proxy --proxy-mode"),
+        ([(["kube-proxy", "--v=2"], None)], "iptables", "has no --proxy-mode or --config: its default"),
+        ([(KUBE_PROXY_POD, None)], "", "which cannot be read"),
+        ([(["/usr/bin/kube-proxy-helper", "--config=/var/lib/kube-proxy/config.conf"], "mode: nftables\n")], "",
+         "no kube-proxy runs here"),
+    ],
+)  # fmt: skip
+def test_kube_proxy_mode_is_read_from_the_running_process(
+    tmp_path: Path, processes: list[tuple[list[str], str | None]], mode: str, evidence: str
+) -> None:
+    found, where = kube_proxy_mode(fake_proc(tmp_path, *processes))
+    assert found == mode and evidence in where, (found, where)

@@ -184,6 +184,8 @@ class Guard:
             state = self.restore_state()
             if state is None:
                 return False
+            if state.mode and state.mode != self.cfg.mode and state.mode in DATA_PATHS:
+                self._remove_old_mode(state)
             self._forget_pairs(self._stale_pairs(state.vips, state.port))
             self._reconcile(())
         LOG.info(
@@ -399,6 +401,21 @@ class Guard:
             closed.connections,
         )
 
+    def _remove_old_mode(self, state: GuardState) -> None:
+        """The node changed mode: what the old mode's data path set up goes (its IPVS services, its nftables table,
+        haproxy's files), so that only one data path carries the VIPs."""
+        old = DATA_PATHS[state.mode](self.cfg, self.hooks)
+        try:
+            for item in old.remove(
+                sorted({(v, state.port) for v in state.vips} | {(v, self.cfg.port) for v in self.cfg.vips})
+            ):
+                LOG.info("mode %s -> %s: removed %s", state.mode, self.cfg.mode, item)
+                self.plumbing_changes.append(f"removed {item} (mode {state.mode} before)")
+        except Exception as exc:  # logged; the new data path is applied all the same
+            self._error("old-mode", f"removing the {state.mode} data path of the mode before: {exc}")
+        finally:
+            old.close()
+
     def _stale_pairs(self, vips: Iterable[str], port: int) -> list[tuple[str, int]]:
         current = {(v, self.cfg.port) for v in self.cfg.vips}
         return [(v, port) for v in vips if (v, port) not in current]
@@ -415,7 +432,7 @@ class Guard:
     # ---- state, discovery, configuration -------------------------------------------------------------
 
     def _write_state(self) -> None:
-        state = make_state(self.cfg.vips, self.cfg.port, self.backends, self.tracker.health())
+        state = make_state(self.cfg.vips, self.cfg.port, self.backends, self.tracker.health(), self.cfg.mode)
         doc = state.to_dict()
         if doc == self._state_written:
             return

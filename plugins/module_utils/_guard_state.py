@@ -25,11 +25,13 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class GuardState:
-    """What the last run knew: the VIPs and port, every backend and its health."""
+    """What the last run knew: the VIPs and port, every backend and its health, and the mode of the data path it
+    set up ("" in a file written before the mode was recorded)."""
 
     vips: tuple[str, ...]
     port: int
     backends: tuple[tuple[Backend, str], ...]
+    mode: str = ""
 
     @property
     def health(self) -> dict[Backend, str]:
@@ -38,6 +40,7 @@ class GuardState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
+            **({"mode": self.mode} if self.mode else {}),
             "vip": list(self.vips),
             "port": self.port,
             "backends": [
@@ -48,12 +51,13 @@ class GuardState:
 
 
 def make_state(
-    vips: Iterable[str], port: int, backends: Iterable[Backend], health: Mapping[Backend, str]
+    vips: Iterable[str], port: int, backends: Iterable[Backend], health: Mapping[Backend, str], mode: str = ""
 ) -> GuardState:
     return GuardState(
         vips=tuple(vips),
         port=port,
         backends=tuple((b, health.get(b, "unknown")) for b in sort_backends(backends)),
+        mode=mode,
     )
 
 
@@ -69,7 +73,10 @@ def state_from_dict(doc: Any, source: str = "state") -> GuardState:
         )
     except (KeyError, TypeError, ValueError, ProxyError) as exc:
         raise GuardError(f"{source} is not a valid guard state: {exc}") from exc
-    return GuardState(vips, port, backends)
+    mode = doc.get("mode") or ""
+    if not isinstance(mode, str):
+        raise GuardError(f"{source} is not a valid guard state: mode {mode!r} is not a string")
+    return GuardState(vips, port, backends, mode)
 
 
 def write_state(path: str, state: GuardState) -> None:

@@ -479,12 +479,13 @@ def test_conntrack_commands_per_family() -> None:
 
 def test_state_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "lib" / "state.json"
-    state = make_state([VIP4, VIP6], 6443, [M2, M6, M1], {M1: UP, M2: DOWN})
+    state = make_state([VIP4, VIP6], 6443, [M2, M6, M1], {M1: UP, M2: DOWN}, mode="nftables")
     write_state(str(path), state)
     assert read_state(str(path)) == state
     doc = json.loads(path.read_text())
     assert doc == {
         "version": 1,
+        "mode": "nftables",
         "vip": [VIP4, VIP6],
         "port": 6443,
         "backends": [
@@ -955,6 +956,27 @@ def test_startup_removes_the_service_of_an_old_vip(rig: RigFactory) -> None:
     r.guard.startup()
     assert old.key not in r.ipvs.services
     assert (VIP4, PORT, "tcp") in r.ipvs.services
+
+
+@pytest.mark.parametrize("before", ["ipvs", ""])
+def test_a_node_that_changed_mode_keeps_nothing_of_the_old_data_path(
+    rig: RigFactory, tmp_path: Path, before: str
+) -> None:
+    # IPVS before, haproxy now: the VIP's IPVS service and the masquerade table go, so that only haproxy carries the
+    # VIP. Negative control (a state file that does not say its mode, as before the mode was recorded): both stay.
+    r = rig(mode="haproxy", haproxy={"config_path": str(tmp_path / "etc" / "haproxy.cfg")})
+    service = Service(VIP4, PORT, real_servers=(RealServer("10.0.0.11", 6443),))
+    r.ipvs.services[service.key] = service
+    write_state(r.cfg.state_file, make_state([VIP4], PORT, [M1], {M1: UP}, mode=before))
+    r.guard.startup()
+    if before:
+        assert r.ipvs.services == {}
+        assert ["nft", "delete", "table", "inet", NFT_TABLE] in r.runner.calls
+        assert f"removed nftables table inet {NFT_TABLE} (mode ipvs before)" in r.guard.plumbing_changes
+    else:
+        assert service.key in r.ipvs.services
+        assert ["nft", "delete", "table", "inet", NFT_TABLE] not in r.runner.calls
+    assert read_state(r.cfg.state_file).mode == "haproxy"  # the next start finds nothing to remove
 
 
 @pytest.mark.parametrize("with_state", [True, False])

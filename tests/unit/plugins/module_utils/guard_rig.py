@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs import IPVSDataPath
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import parse_config
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard, make_data_path
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, IPVSError, Service, simulate
-from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths
+from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths, remove_interface
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     Backend,
     ProbeResult,
@@ -32,6 +33,22 @@ M4 = Backend("10.0.0.14", 6443)
 M6 = Backend("fd00::11", 6443)
 CERT = "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
+
+
+# Real /proc/net/ip_vs_conn lines (net/netfilter/ipvs/ip_vs_conn.c): "%-3s %08X %04X %08X %04X %08X %04X
+# %-11s %7u%s" for IPv4, "%pI6" (full colon form) for IPv6 addresses. 0x192B = 6443.
+IP_VS_CONN = """\
+Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
+TCP A9FE6401 A1B2 A9FE6401 192B 0A00000C 192B ESTABLISHED     899
+TCP 0AF40105 D431 A9FE6401 192B 0A00000C 192B ESTABLISHED     898
+TCP A9FE6401 C350 A9FE6401 192B 0A00000C 192B TIME_WAIT        60
+TCP A9FE6401 B000 A9FE6401 192B 0A00000B 192B ESTABLISHED     900
+TCP 0A000015 E001 A9FE6401 192B 0A00000C 192B SYN_RECV          9
+UDP A9FE6401 0035 A9FE6402 0035 0A00000C 0035 UDP             120
+TCP fd00:0000:0000:0000:0000:0000:0000:0001 9C40 fd00:0000:0000:0000:0000:0000:0000:0001 192B \
+fd00:0000:0000:0000:0000:0000:0000:0012 192B ESTABLISHED     899
+garbage line
+"""
 
 
 class FakeIPVS:
@@ -262,3 +279,13 @@ def rigs(tmp_path: Path) -> Iterator[RigFactory]:
     yield build
     for r in made:
         r.guard.close()
+
+
+def ensure_plumbing(cfg: Any, runner: Any, paths: Paths) -> list[str]:
+    """The plumbing of the configured mode's data path (the interface and the mode's own parts)."""
+    return make_data_path(cfg, Hooks(runner=runner, paths=paths)).plumbing()
+
+
+def remove_plumbing(cfg: Any, runner: Any) -> list[str]:
+    """The IPVS data path's plumbing (no service: no pair given) and the interface, as ``--cleanup`` removes them."""
+    return IPVSDataPath(cfg, Hooks(runner=runner)).remove([]) + remove_interface(cfg.interface, cfg.vips, runner)

@@ -1,12 +1,13 @@
 # Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""The guard (_guard_daemon and its parts) without root or kernel IPVS: configuration, plumbing commands,
-/proc/net/ip_vs_conn, connection closing, state file, discovery, metrics, and whole loop rounds.
+"""The guard's loop (module_utils/_guard_daemon) without root or kernel IPVS: whole rounds, fast checks, start-up,
+discovery's effect on the backends, reloads, failures of every contact, and the command line.
 
-The kernel and the commands are replaced by fakes: an in-memory IPVS adapter (it applies ``_ipvs`` actions
-with ``simulate``), a runner recording the command lines, a scripted prober, and /proc, /proc/sys and /sys
-trees under ``tmp_path``.
+Longer than the other test files on purpose: each test drives the one loop through the rig (guard_rig.py: an
+in-memory IPVS adapter, a runner recording the command lines, a scripted prober, /proc, /proc/sys and /sys trees
+under ``tmp_path``); its parts have their own files (test_guard_config, test_guard_state, test_guard_discovery,
+test_guard_metrics, test_datapath_ipvs, test_converge, and test_guard_nftables_kernel on the real kernel).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils import (
@@ -40,35 +41,26 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils import (
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import conntrack_commands, socket_kill_commands
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs import (
     NFT_TABLE,
-    IPVSConnection,
-    IPVSDataPath,
     connections_to,
-    nft_ruleset,
     parse_ip_vs_conn,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import (
     ConfigError,
     GuardError,
-    load_config,
     parse_config,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import (
     Guard,
     cleanup,
     main,
-    make_data_path,
     next_due,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery import (
-    ENDPOINTSLICES_PATH,
     backend_set,
-    backends_from_endpointslices,
-    discover_backends,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks, sd_notify
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import (
     MetricsServer,
-    MetricsSnapshot,
     render_metrics,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_state import (
@@ -81,12 +73,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
     RealServer,
     Service,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import (
-    Paths,
-    address_commands,
     ensure_interface,
-    remove_interface,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     DOWN,
@@ -97,6 +85,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
 )
 from guard_rig import (
     CERT,
+    IP_VS_CONN,
     KEY,
     M1,
     M2,
@@ -111,8 +100,7 @@ from guard_rig import (
     Rig,
     RigFactory,
     config_doc,
-    dummy_link,
-    make_paths,
+    remove_plumbing,
     rigs,
 )
 
@@ -120,535 +108,6 @@ from guard_rig import (
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[RigFactory]:
     yield from rigs(tmp_path)
-
-
-# Real /proc/net/ip_vs_conn lines (net/netfilter/ipvs/ip_vs_conn.c): "%-3s %08X %04X %08X %04X %08X %04X
-# %-11s %7u%s" for IPv4, "%pI6" (full colon form) for IPv6 addresses. 0x192B = 6443.
-IP_VS_CONN = """\
-Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
-TCP A9FE6401 A1B2 A9FE6401 192B 0A00000C 192B ESTABLISHED     899
-TCP 0AF40105 D431 A9FE6401 192B 0A00000C 192B ESTABLISHED     898
-TCP A9FE6401 C350 A9FE6401 192B 0A00000C 192B TIME_WAIT        60
-TCP A9FE6401 B000 A9FE6401 192B 0A00000B 192B ESTABLISHED     900
-TCP 0A000015 E001 A9FE6401 192B 0A00000C 192B SYN_RECV          9
-UDP A9FE6401 0035 A9FE6402 0035 0A00000C 0035 UDP             120
-TCP fd00:0000:0000:0000:0000:0000:0000:0001 9C40 fd00:0000:0000:0000:0000:0000:0000:0001 192B \
-fd00:0000:0000:0000:0000:0000:0000:0012 192B ESTABLISHED     899
-garbage line
-"""
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------
-
-
-def test_config_full_example(tmp_path: Path) -> None:
-    doc = config_doc(
-        tmp_path,
-        vip=[VIP4, "FD00::0001"],
-        seeds=["10.0.0.12:6443", "[fd00::11]:6443", "10.0.0.11:6443"],
-        prefer_local=True,
-        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
-        discovery={"enabled": True, "interval_s": 30},
-        haproxy={"reload_command": ["systemctl", "reload", "x.service"]},
-    )
-    cfg = parse_config(doc, "guard.json")
-    assert cfg.vips == (VIP4, VIP6)
-    assert cfg.seeds == (M1, M2, M6)
-    assert cfg.client_key_file == cfg.client_cert_file  # one PEM holding both
-    assert cfg.discovery.enabled and cfg.discovery.interval_s == 30.0
-    assert cfg.haproxy.reload_command == ("systemctl", "reload", "x.service")
-    assert cfg.haproxy.config_path == "/etc/kubeha-apiserver/haproxy.cfg"
-    assert cfg.probe_settings() == ProbeSettings(
-        str(tmp_path / "ca.crt"), cfg.client_cert_file, cfg.client_cert_file, 1.0
-    )
-    assert cfg.haproxy_settings().client_pem_file == "/etc/kubeha-apiserver/haproxy-client.pem"
-
-
-def test_config_defaults(tmp_path: Path) -> None:
-    cfg = parse_config({"vip": [VIP4], "seeds": ["10.0.0.11:6443"], "ca_file": "/etc/kubernetes/pki/ca.crt"})
-    assert (cfg.port, cfg.mode, cfg.interval_s, cfg.timeout_s, cfg.rise, cfg.fall) == (6443, "ipvs", 1.0, 1.0, 2, 2)
-    assert cfg.fast_check_interval_s == 0.25
-    assert cfg.state_file == "/var/lib/kubeha-apiserver/state.json"
-    assert (cfg.metrics_address, cfg.metrics_port, cfg.interface) == ("127.0.0.1", 9445, "kha0")
-    assert not cfg.discovery.enabled
-    assert cfg.haproxy.reload_command == ("systemctl", "reload", "kubeha-apiserver-haproxy.service")
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"port": 70000}, "guard.json: port 70000 is out of range 1..65535"),
-        ({"port": "6443"}, 'guard.json: port "6443" is not an integer'),
-        ({"vip": ["169.254.100"]}, "guard.json: vip\\[0\\] '169.254.100' is not an IPv4 or IPv6 address"),
-        ({"vip": [VIP4, "169.254.100.2"]}, "must hold at most one IPv4 and one IPv6 address"),
-        ({"vip": []}, "vip \\[\\] is not a list of one or two addresses"),
-        ({"mode": "nginx"}, 'guard.json: mode "nginx" is not one of ipvs, nftables, haproxy'),
-        ({"seeds": []}, "seeds \\[\\] is not a non-empty list"),
-        ({"seeds": ["10.0.0.11"]}, "guard.json: seeds\\[0\\] '10.0.0.11' is not ADDRESS:PORT"),
-        ({"seeds": ["fd00::11:6443"]}, "seeds\\[0\\] 'fd00::11:6443': write an IPv6 address in brackets"),
-        ({"seeds": ["10.0.0.11:6443", "10.0.0.11:6443"]}, "seeds\\[1\\] 10.0.0.11:6443 is listed twice"),
-        ({"seeds": ["[fd00::11]:6443"]}, "seed \\[fd00::11\\]:6443 is IPv6 but no vip is"),
-        ({"vip": [VIP4, VIP6]}, "vip fd00::1 has no seed of its address family \\(IPv6\\) and discovery is off"),
-        ({"prefer_local": "yes"}, 'guard.json: prefer_local "yes" is not true or false'),
-        ({"rise": 0}, "guard.json: rise 0 is out of range 1..100"),
-        ({"interval_s": 0}, "guard.json: interval_s 0 is out of range 0.1..3600"),
-        ({"fast_check_interval_s": 0.01}, "fast_check_interval_s 0.01 is out of range 0.05..60 \\(or 0 to disable\\)"),
-        ({"ca_file": None}, "guard.json: ca_file is required"),
-        ({"ca_file": "ca.crt"}, 'ca_file "ca.crt" is not an absolute path'),
-        ({"client_key_file": "/etc/k.key"}, "client_key_file /etc/k.key is set but client_cert_file is not"),
-        ({"interface": "a-very-long-interface"}, 'interface "a-very-long-interface" is not an interface name'),
-        ({"local_addresses": "10.0.0.21"}, 'local_addresses "10.0.0.21" is not a list of addresses'),
-        ({"metrics_address": "localhost"}, "metrics_address 'localhost' is not an IPv4 or IPv6 address"),
-        ({"intervall_s": 1}, "guard.json: unknown key 'intervall_s' \\(known keys: vip, port,"),
-        ({"discovery": {"enabled": True}}, "discovery is enabled but has no credentials"),
-        ({"discovery": {"enable": True}}, "guard.json: discovery: unknown key 'enable'"),
-        ({"discovery": []}, "guard.json: discovery must be a JSON object, not \\[\\]"),
-        ({"haproxy": {"reload_command": []}}, "haproxy: reload_command is empty"),
-        ({"haproxy": {"reload_command": "systemctl reload"}}, 'reload_command "systemctl reload" is not a list'),
-    ],
-)
-def test_config_errors_name_the_key_and_value(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        parse_config(config_doc(tmp_path, **overrides), "guard.json")
-
-
-def test_a_vip_without_seeds_of_its_family_is_fine_with_discovery(rig: RigFactory) -> None:
-    r = rig(
-        vip=[VIP4, VIP6],
-        client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem",
-        discovery={"enabled": True, "networks": ["10.0.0.0/24", "fd00::/64"]},
-    )
-    r.round()
-    r.discovered = frozenset({M6, Backend("fd00::12", 6443)})
-    assert r.guard.discover_once()
-    r.round()
-    assert r.ipvs.weights(VIP6) == {"[fd00::11]:6443": 1, "[fd00::12]:6443": 1}
-    assert r.ipvs.weights(VIP4) == {"10.0.0.11:6443": 1, "10.0.0.12:6443": 1, "10.0.0.13:6443": 1}
-
-
-def churn(r: Rig, rounds: int) -> None:
-    """Discovery finds a different extra master every time (a cluster whose masters are replaced over and over)."""
-    for n in range(rounds):
-        r.discovered = frozenset({Backend(f"10.0.{1 + n // 250}.{1 + n % 250}", 6443)})
-        for _answer in range(_guard_discovery.DISCOVERY_MISSES):  # the one before leaves after this many answers
-            assert r.guard.discover_once()
-        r.round()
-        r.round()  # rise 2: it comes up, so it has a latency and a transition
-
-
-def test_backend_churn_keeps_memory_bounded(rig: RigFactory) -> None:
-    r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
-    r.round()
-    churn(r, 200)
-    current = set(r.guard.backends)
-    assert set(r.guard.latency) <= current
-    departed = {backend for backend, _to in r.guard.transitions} - current
-    assert len(departed) == _guard_daemon.DEPARTED_KEPT  # the newest ones keep their counters, for rates over them
-    assert Backend("10.0.1.199", 6443) in departed  # the last to leave (n = 198; n = 199 is the current one)
-    assert Backend("10.0.1.168", 6443) in departed and Backend("10.0.1.167", 6443) not in departed  # 32 newest
-    assert len(r.guard.tracker.health()) == len(current)
-
-
-def test_negative_control_without_the_bound_churn_grows_memory(
-    rig: RigFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_guard_daemon, "DEPARTED_KEPT", 10**9)
-    r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
-    r.round()
-    churn(r, 200)
-    assert len({backend for backend, _to in r.guard.transitions} - set(r.guard.backends)) == 199
-
-
-def test_ipvs_mode_ignores_discovered_backends_of_a_family_without_vip(rig: RigFactory) -> None:
-    r = rig(client_cert_file="/var/lib/kubelet/pki/kubelet-client-current.pem", discovery={"enabled": True})
-    r.round()
-    r.discovered = frozenset({M1, M6})
-    assert r.guard.discover_once()
-    assert r.guard.backends == (M1, M2, M3)
-
-
-def test_haproxy_mode_accepts_seeds_of_any_family(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path, mode="haproxy", seeds=["[fd00::11]:6443"]))
-    assert cfg.seeds == (M6,)
-
-
-def test_load_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cannot read the configuration .*missing\.json: No such file"):
-        load_config(str(tmp_path / "missing.json"))
-    bad = tmp_path / "bad.json"
-    bad.write_text("{vip: 1}")
-    with pytest.raises(ConfigError, match=r"bad\.json is not valid JSON"):
-        load_config(str(bad))
-    good = tmp_path / "good.json"
-    good.write_text(json.dumps(config_doc(tmp_path)))
-    assert load_config(str(good)).seeds == (M1, M2, M3)
-
-
-# --------------------------------------------------------------------------------------------------
-# Plumbing
-# --------------------------------------------------------------------------------------------------
-
-
-def ensure_plumbing(cfg: Any, runner: Any, paths: Paths) -> list[str]:
-    """The plumbing of the configured mode's data path (the interface and the mode's own parts)."""
-    return make_data_path(cfg, Hooks(runner=runner, paths=paths)).plumbing()
-
-
-def remove_plumbing(cfg: Any, runner: Any) -> list[str]:
-    """The IPVS data path's plumbing (no service: no pair given) and the interface, as ``--cleanup`` removes them."""
-    return IPVSDataPath(cfg, Hooks(runner=runner)).remove([]) + remove_interface(cfg.interface, cfg.vips, runner)
-
-
-def test_nft_ruleset_replaces_the_table_atomically() -> None:
-    assert nft_ruleset([VIP6, VIP4]) == (
-        f"table inet {NFT_TABLE}\n"
-        f"delete table inet {NFT_TABLE}\n"
-        f"table inet {NFT_TABLE} {{\n"
-        "\tchain postrouting {\n"
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-        '\t\tip saddr 169.254.100.1 oifname != "lo" masquerade\n'
-        '\t\tip6 saddr fd00::1 oifname != "lo" masquerade\n'
-        "\t}\n"
-        "}\n"
-    )
-
-
-def test_address_commands_converge_on_the_vips() -> None:
-    link = dummy_link(("169.254.99.1", 32), (VIP4, 32))
-    assert address_commands("kha0", [VIP4, VIP6], link) == [
-        ["ip", "addr", "del", "169.254.99.1/32", "dev", "kha0"],
-        ["ip", "-6", "addr", "add", "fd00::1/128", "dev", "kha0", "nodad"],
-    ]
-    assert address_commands("kha0", [VIP4], dummy_link((VIP4, 32))) == []
-
-
-def test_ensure_plumbing_from_scratch(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path, vip=[VIP4, VIP6], seeds=["10.0.0.11:6443", "[fd00::11]:6443"]))
-    paths = make_paths(tmp_path)
-    runner = FakeRunner()
-    runner.respond(
-        ["ip", "-d", "-j", "addr", "show"],
-        (1, "", 'Device "kha0" does not exist.\n'),
-        (0, json.dumps([dummy_link(up=False)]), ""),
-    )
-    changes = ensure_plumbing(cfg, runner, paths)
-    assert runner.calls == [
-        ["ip", "-d", "-j", "addr", "show", "dev", "kha0"],
-        ["ip", "link", "add", "kha0", "type", "dummy"],
-        ["ip", "-d", "-j", "addr", "show", "dev", "kha0"],
-        ["ip", "link", "set", "dev", "kha0", "up"],
-        ["ip", "addr", "add", "169.254.100.1/32", "dev", "kha0"],
-        ["ip", "-6", "addr", "add", "fd00::1/128", "dev", "kha0", "nodad"],
-        ["nft", "-f", "-"],
-    ]
-    assert runner.stdin["nft -f -"] == nft_ruleset([VIP4, VIP6])
-    sysctl = Path(paths.proc_sys) / "net" / "ipv4" / "vs"
-    assert {p.name: p.read_text() for p in sysctl.iterdir()} == {
-        "conntrack": "1",
-        "expire_nodest_conn": "1",
-        "expire_quiescent_template": "1",
-    }
-    assert "created dummy interface kha0" in changes
-    assert "sysctl net.ipv4.vs.conntrack=1" in changes
-
-
-def test_ensure_plumbing_is_quiet_when_in_place_and_loads_modules_when_missing(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path, prefer_local=True))
-    paths = make_paths(tmp_path)
-    for name in os.listdir(Path(paths.proc_sys) / "net" / "ipv4" / "vs"):
-        (Path(paths.proc_sys) / "net" / "ipv4" / "vs" / name).write_text("1\n")
-    os.rmdir(Path(paths.sys_root) / "module" / "ip_vs_fo")
-    runner = FakeRunner()
-    assert ensure_plumbing(cfg, runner, paths) == ["loaded kernel module ip_vs_fo"]
-    assert runner.commands("modprobe") == [["modprobe", "ip_vs_fo"]]
-
-
-def test_ensure_plumbing_in_haproxy_mode_only_sets_the_vips(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path, mode="haproxy"))
-    runner = FakeRunner()
-    runner.respond(["ip", "-d", "-j", "addr", "show"], (0, json.dumps([dummy_link()]), ""))
-    ensure_plumbing(cfg, runner, make_paths(tmp_path))
-    assert runner.calls[1:] == [["ip", "addr", "add", "169.254.100.1/32", "dev", "kha0"]]
-
-
-def test_plumbing_refuses_an_interface_that_is_not_dummy(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path, interface="eth0"))
-    runner = FakeRunner()
-    runner.respond(["ip", "-d", "-j", "addr", "show"], (0, json.dumps([dummy_link(kind="veth")]), ""))
-    with pytest.raises(GuardError, match="interface eth0 exists and is not a dummy interface \\(veth\\)"):
-        ensure_plumbing(cfg, runner, make_paths(tmp_path))
-    with pytest.raises(GuardError, match="interface eth0 is not a dummy interface: not deleting it"):
-        remove_plumbing(cfg, runner)
-
-
-def test_plumbing_errors_carry_the_command_and_stderr(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path))
-    runner = FakeRunner()
-    runner.respond(["nft"], (1, "", "Error: Could not process rule: Operation not permitted\n"))
-    with pytest.raises(GuardError) as caught:
-        ensure_plumbing(cfg, runner, make_paths(tmp_path))
-    assert str(caught.value) == "`nft -f -` failed (exit 1): Error: Could not process rule: Operation not permitted"
-
-
-def test_remove_plumbing(tmp_path: Path) -> None:
-    cfg = parse_config(config_doc(tmp_path))
-    runner = FakeRunner()
-    assert remove_plumbing(cfg, runner) == [f"nftables table inet {NFT_TABLE}", "dummy interface kha0"]
-    assert runner.calls == [
-        ["nft", "list", "table", "inet", NFT_TABLE],
-        ["nft", "delete", "table", "inet", NFT_TABLE],
-        ["ip", "-d", "-j", "addr", "show", "dev", "kha0"],
-        ["ip", "link", "del", "dev", "kha0"],
-    ]
-    gone = FakeRunner()
-    gone.respond(["nft"], (1, "", "Error: No such file or directory"))
-    gone.respond(["ip", "-d", "-j", "addr", "show"], (1, "", 'Device "kha0" does not exist.'))
-    assert remove_plumbing(cfg, gone) == []
-
-
-# --------------------------------------------------------------------------------------------------
-# /proc/net/ip_vs_conn and closing connections
-# --------------------------------------------------------------------------------------------------
-
-
-def test_parse_ip_vs_conn() -> None:
-    connections = parse_ip_vs_conn(IP_VS_CONN)
-    assert len(connections) == 7
-    assert connections[0] == IPVSConnection("TCP", VIP4, 41394, VIP4, 6443, "10.0.0.12", 6443, "ESTABLISHED", 899)
-    assert connections[1].client == "10.244.1.5"
-    assert connections[2].state == "TIME_WAIT"
-    assert connections[6] == IPVSConnection("TCP", VIP6, 40000, VIP6, 6443, "fd00::12", 6443, "ESTABLISHED", 899)
-
-
-def test_parse_ip_vs_conn_with_persistence_engine_data() -> None:
-    line = "TCP 0A000015 E001 A9FE6401 192B 0A00000C 192B ESTABLISHED     300 sip 6a6f686e\n"
-    [connection] = parse_ip_vs_conn(line)
-    assert (connection.client, connection.dest, connection.expires_s) == ("10.0.0.21", "10.0.0.12", 300)
-
-
-def test_connections_to_a_backend() -> None:
-    connections = parse_ip_vs_conn(IP_VS_CONN)
-    found = connections_to(connections, M2, [(VIP4, 6443)])
-    assert [(c.client, c.client_port, c.state) for c in found] == [
-        (VIP4, 41394, "ESTABLISHED"),
-        ("10.244.1.5", 54321, "ESTABLISHED"),
-        ("10.0.0.21", 57345, "SYN_RECV"),
-    ]
-    assert connections_to(connections, M2, [("169.254.100.9", 6443)]) == []
-    six = connections_to(connections, Backend("fd00::12", 6443), [(VIP6, 6443)])
-    assert [c.client for c in six] == [VIP6]
-
-
-def argv(command: str) -> list[str]:
-    return command.split()
-
-
-def test_socket_kill_commands_only_for_local_clients() -> None:
-    connections = connections_to(parse_ip_vs_conn(IP_VS_CONN), M2, [(VIP4, 6443)])
-    assert socket_kill_commands(connections, [VIP4, "10.0.0.21"]) == [
-        argv("ss -K -t -n state all src 169.254.100.1 sport = :41394 dst 169.254.100.1 dport = :6443"),
-        argv("ss -K -t -n state all src 10.0.0.21 sport = :57345 dst 169.254.100.1 dport = :6443"),
-    ]
-    six = connections_to(parse_ip_vs_conn(IP_VS_CONN), Backend("fd00::12", 6443), [(VIP6, 6443)])
-    assert socket_kill_commands(six, [VIP6]) == [
-        argv("ss -K -t -n state all src [fd00::1] sport = :40000 dst [fd00::1] dport = :6443"),
-    ]
-
-
-def test_conntrack_commands_per_family() -> None:
-    assert conntrack_commands(M2, [VIP4, VIP6], 6443) == [
-        argv(
-            "conntrack -D -f ipv4 -p tcp --orig-dst 169.254.100.1 --orig-port-dst 6443 "
-            "--reply-src 10.0.0.12 --reply-port-src 6443"
-        )
-    ]
-    assert conntrack_commands(M6, [VIP4, VIP6], 6443) == [
-        argv(
-            "conntrack -D -f ipv6 -p tcp --orig-dst fd00::1 --orig-port-dst 6443 "
-            "--reply-src fd00::11 --reply-port-src 6443"
-        )
-    ]
-
-
-# --------------------------------------------------------------------------------------------------
-# State file
-# --------------------------------------------------------------------------------------------------
-
-
-def test_state_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "lib" / "state.json"
-    state = make_state([VIP4, VIP6], 6443, [M2, M6, M1], {M1: UP, M2: DOWN}, mode="nftables")
-    write_state(str(path), state)
-    assert read_state(str(path)) == state
-    doc = json.loads(path.read_text())
-    assert doc == {
-        "version": 1,
-        "mode": "nftables",
-        "vip": [VIP4, VIP6],
-        "port": 6443,
-        "backends": [
-            {"address": "10.0.0.11", "port": 6443, "health": "up"},
-            {"address": "10.0.0.12", "port": 6443, "health": "down"},
-            {"address": "fd00::11", "port": 6443, "health": "unknown"},
-        ],
-    }
-    assert os.listdir(path.parent) == ["state.json"]  # no temporary file left
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
-
-
-def test_read_state_missing_and_corrupt(tmp_path: Path) -> None:
-    assert read_state(str(tmp_path / "none.json")) is None
-    bad = tmp_path / "bad.json"
-    bad.write_text("{")
-    with pytest.raises(GuardError, match="is not valid JSON"):
-        read_state(str(bad))
-    bad.write_text(json.dumps({"version": 7}))
-    with pytest.raises(GuardError, match="is not a version 1 guard state"):
-        read_state(str(bad))
-    bad.write_text(json.dumps({"version": 1, "port": 6443, "backends": [{"address": "x", "port": 1}]}))
-    with pytest.raises(GuardError, match="is not a valid guard state"):
-        read_state(str(bad))
-
-
-# --------------------------------------------------------------------------------------------------
-# Discovery
-# --------------------------------------------------------------------------------------------------
-
-
-def endpointslice(addresses: dict[str, bool | None], port_name: str = "https", address_type: str = "IPv4") -> dict:
-    endpoints = []
-    for address, ready in addresses.items():
-        endpoint: dict[str, Any] = {"addresses": [address]}
-        if ready is not None:
-            endpoint["conditions"] = {"ready": ready}
-        endpoints.append(endpoint)
-    return {
-        "addressType": address_type,
-        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
-        "endpoints": endpoints,
-        "ports": [{"name": port_name, "port": 6443, "protocol": "TCP"}],
-    }
-
-
-def test_backends_from_endpointslices() -> None:
-    doc = {
-        "kind": "EndpointSliceList",
-        "items": [
-            endpointslice({"10.0.0.11": True, "10.0.0.12": None, "10.0.0.13": False}),
-            endpointslice({"fd00::11": True}, address_type="IPv6"),
-            endpointslice({"10.0.0.99": True}, port_name=""),  # a single unnamed port is used too
-        ],
-    }
-    assert backends_from_endpointslices(doc) == {M1, M2, M6, Backend("10.0.0.99", 6443)}
-    assert backends_from_endpointslices({"items": []}) == frozenset()
-
-
-def test_backend_set_never_drops_below_the_seeds() -> None:
-    assert backend_set([M1, M2], [M4, M1]) == (M1, M2, M4)
-    assert backend_set([M1, M2], []) == (M1, M2)
-
-
-class FakeKubeClient:
-    answers: ClassVar[dict[str, Any]] = {}
-    opened: ClassVar[list[str]] = []
-
-    def __init__(self, credentials: Any, timeout: float, server_override: str) -> None:
-        self.server = server_override
-        FakeKubeClient.opened.append(server_override)
-
-    def __enter__(self) -> FakeKubeClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return
-
-    def get(self, path: str) -> dict[str, Any]:
-        assert path == ENDPOINTSLICES_PATH
-        answer = self.answers[self.server]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-def test_discover_backends_asks_the_apiservers_in_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, text in (("ca.crt", CERT), ("client.pem", CERT + KEY)):
-        (tmp_path / name).write_text(text)
-    cfg = parse_config(config_doc(tmp_path, client_cert_file=str(tmp_path / "client.pem"), discovery={"enabled": True}))
-    monkeypatch.setattr(_guard_discovery, "KubeClient", FakeKubeClient)
-    FakeKubeClient.opened = []
-    FakeKubeClient.answers = {
-        "https://10.0.0.12:6443": KubeAPIError("forbidden: cannot get endpointslices.discovery.k8s.io"),
-        "https://10.0.0.11:6443": endpointslice({"10.0.0.11": True, "10.0.0.14": True}),
-    }
-    assert discover_backends(cfg, [M2, M1]) == {M1, M4}
-    assert FakeKubeClient.opened == ["https://10.0.0.12:6443", "https://10.0.0.11:6443"]
-    with pytest.raises(GuardError, match=r"discovery failed: 10\.0\.0\.12:6443: forbidden"):
-        discover_backends(cfg, [M2])
-
-
-def test_discovery_credentials_from_the_guards_files(tmp_path: Path) -> None:
-    (tmp_path / "ca.crt").write_text(CERT)
-    (tmp_path / "client.pem").write_text(CERT + KEY)
-    cfg = parse_config(config_doc(tmp_path, client_cert_file=str(tmp_path / "client.pem")))
-    credentials = _guard_discovery.discovery_credentials(cfg)
-    assert credentials.ca_data == CERT.encode()
-    assert credentials.client_cert == credentials.client_key == (CERT + KEY).encode()
-
-
-# --------------------------------------------------------------------------------------------------
-# Metrics and systemd
-# --------------------------------------------------------------------------------------------------
-
-
-def test_metrics_text() -> None:
-    snap = MetricsSnapshot(
-        backends=(M1, M2),
-        health={M1: UP, M2: DOWN},
-        weights={M1: 1, M2: 0},
-        latency={M1: 0.0125},
-        transitions={(M2, DOWN): 1, (M3, UP): 2},
-        last_reconcile=1700000000.5,
-        fail_open=False,
-        discovered=3,
-        apply_errors=0,
-    )
-    text = render_metrics(snap)
-    lines = text.splitlines()
-    for expected in [
-        "# TYPE kubeha_apiserver_backend_up gauge",
-        'kubeha_apiserver_backend_up{backend="10.0.0.11:6443"} 1',
-        'kubeha_apiserver_backend_up{backend="10.0.0.12:6443"} 0',
-        'kubeha_apiserver_backend_weight{backend="10.0.0.11:6443"} 1',
-        'kubeha_apiserver_backend_weight{backend="10.0.0.12:6443"} 0',
-        'kubeha_apiserver_probe_latency_seconds{backend="10.0.0.11:6443"} 0.0125',
-        "# TYPE kubeha_apiserver_backend_transitions_total counter",
-        'kubeha_apiserver_backend_transitions_total{backend="10.0.0.11:6443",to="down"} 0',
-        'kubeha_apiserver_backend_transitions_total{backend="10.0.0.12:6443",to="down"} 1',
-        'kubeha_apiserver_backend_transitions_total{backend="10.0.0.13:6443",to="up"} 2',
-        "kubeha_apiserver_last_reconcile_timestamp_seconds 1700000000.5",
-        "kubeha_apiserver_fail_open 0",
-        "kubeha_apiserver_backends_discovered 3",
-        "kubeha_apiserver_apply_errors_total 0",
-    ]:
-        assert expected in lines
-    assert not any("probe_latency_seconds{" in line and "10.0.0.12" in line for line in lines)
-    assert text.endswith("\n")
-
-
-def test_sd_notify(tmp_path: Path) -> None:
-    path = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(path)
-        assert sd_notify("READY=1", {"NOTIFY_SOCKET": path})
-        assert listener.recv(64) == b"READY=1"
-    assert sd_notify("READY=1", {}) is False
-    abstract = f"@kubeha-test-{os.getpid()}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind("\0" + abstract[1:])
-        assert sd_notify("STOPPING=1", {"NOTIFY_SOCKET": abstract})
-        assert listener.recv(64) == b"STOPPING=1"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1705,3 +1164,36 @@ def test_a_black_hole_is_taken_down_after_two_timeouts_not_two_timeouts_and_two_
         r.guard.request_stop()
     assert r.ipvs.weights()["10.0.0.13:6443"] == 0
     assert took < 0.85, took
+
+
+def churn(r: Rig, rounds: int) -> None:
+    """Discovery finds a different extra master every time (a cluster whose masters are replaced over and over)."""
+    for n in range(rounds):
+        r.discovered = frozenset({Backend(f"10.0.{1 + n // 250}.{1 + n % 250}", 6443)})
+        for _answer in range(_guard_discovery.DISCOVERY_MISSES):  # the one before leaves after this many answers
+            assert r.guard.discover_once()
+        r.round()
+        r.round()  # rise 2: it comes up, so it has a latency and a transition
+
+
+def test_backend_churn_keeps_memory_bounded(rig: RigFactory) -> None:
+    r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
+    r.round()
+    churn(r, 200)
+    current = set(r.guard.backends)
+    assert set(r.guard.latency) <= current
+    departed = {backend for backend, _to in r.guard.transitions} - current
+    assert len(departed) == _guard_daemon.DEPARTED_KEPT  # the newest ones keep their counters, for rates over them
+    assert Backend("10.0.1.199", 6443) in departed  # the last to leave (n = 198; n = 199 is the current one)
+    assert Backend("10.0.1.168", 6443) in departed and Backend("10.0.1.167", 6443) not in departed  # 32 newest
+    assert len(r.guard.tracker.health()) == len(current)
+
+
+def test_negative_control_without_the_bound_churn_grows_memory(
+    rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_guard_daemon, "DEPARTED_KEPT", 10**9)
+    r = rig(client_cert_file="/c.pem", discovery={"enabled": True, "networks": ["10.0.0.0/16"]})
+    r.round()
+    churn(r, 200)
+    assert len({backend for backend, _to in r.guard.transitions} - set(r.guard.backends)) == 199

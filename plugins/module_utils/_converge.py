@@ -23,12 +23,8 @@ from typing import Any
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardConfig, GuardError
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
-    ProbeResult,
-    probe_all,
-    sort_backends,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import probe_all
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult, sort_backends
 
 
 @dataclass

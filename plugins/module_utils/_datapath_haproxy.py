@@ -21,14 +21,14 @@ from typing import Any
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import Action, DataPath, Desired
 from ansible_collections.kubeha.apiserver.plugins.module_utils._files import atomic_write, fsync_directory
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import LOG, GuardError, read_bytes
-from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import command_error
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._haproxy_config import (
     HAPROXY_BACKEND,
-    Backend,
-    file_stamp,
     haproxy_server_name,
     render_haproxy,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import command_error
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import file_stamp
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend
 
 RELOAD_RETRY_S = 30.0  # a failed haproxy reload (or a refused configuration) is retried at this pace, not every round
 

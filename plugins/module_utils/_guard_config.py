@@ -18,12 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._haproxy_config import (
     DEFAULT_STATS_SOCKET,
     DEFAULT_VERIFY_NAME,
-    Backend,
     HaproxySettings,
-    ProbeSettings,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
+    Backend,
     ProxyError,
     parse_endpoint,
     sort_backends,

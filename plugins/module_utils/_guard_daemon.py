@@ -65,14 +65,13 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_state impo
     write_state,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import remove_interface
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import Prober, ProbeSettings
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     DOWN,
     UP,
     Backend,
     HealthTracker,
-    Prober,
     ProbeResult,
-    ProbeSettings,
     Transition,
     decide,
     sort_backends,

@@ -21,12 +21,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config imp
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery import discover_backends
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import PyRoute2IPVS
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths, Runner, run_command
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
-    ProbeResult,
-    ProbeSettings,
-    tcp_check,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings, tcp_check
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:

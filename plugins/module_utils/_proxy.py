@@ -2,34 +2,24 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the node-side guard
-# (module_utils/_guard.py) and the kubeha.apiserver.apiserver_proxy module, and may change in any
+# (module_utils/_guard_daemon.py) and the kubeha.apiserver.apiserver_proxy module, and may change in any
 # release without notice.
 
-"""Deciding which kube-apiservers a node may use: probing, hysteresis, weights and haproxy's configuration.
+"""Deciding which kube-apiservers a node may use: backends, hysteresis and weights.
 
-A backend is probed with ``GET /readyz`` over HTTPS, verified against the cluster CA (and with a client
-certificate when one is configured, so probing works with ``--anonymous-auth=false``), under one hard
-deadline. ``HealthTracker`` turns probe results into up/down states with rise/fall hysteresis, except that
-a refused connection takes a backend down at once: nothing listens there any more. ``desired_weights``
-and ``desired_service`` turn the states into the IPVS virtual server of ``_ipvs``; ``render_haproxy``
-writes the equivalent haproxy configuration where IPVS is missing.
+``HealthTracker`` turns probe results (``_probe``) into up/down states with rise/fall hysteresis, except that a
+refused connection takes a backend down at once: nothing listens there any more. ``decide`` turns the states into
+weights per address family, and ``desired_service`` into the IPVS virtual server of ``_ipvs``; haproxy's
+equivalent is ``_haproxy_config``.
 
-Only the standard library is used, and nothing here imports ``ansible``: the guard runs these files on
-nodes as plain Python.
+Only the standard library is used, and nothing here imports ``ansible``: the guard runs these files on nodes as
+plain Python.
 """
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
-import os
-import socket
-import ssl
-import struct
-import threading
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import (
@@ -44,11 +34,7 @@ DOWN = "down"
 UNKNOWN = "unknown"
 STATES = (UP, DOWN, UNKNOWN)
 
-USER_AGENT = "kubeha-apiserver-guard"
-READY_BODY = b"ok"
-MAX_BODY = 4096  # /readyz answers "ok"; a failing one lists its checks, a few hundred bytes
 LOCAL_WEIGHT = 2  # a master's own apiserver, with prefer_local: above the others' weight 1
-DEFAULT_STATS_SOCKET = "/run/kubeha-apiserver/haproxy.sock"
 
 
 class ProxyError(Exception):
@@ -123,339 +109,6 @@ class ProbeResult:
     refused: bool = False
     unanswered: bool = False
     unreachable: bool = False
-
-
-# --------------------------------------------------------------------------------------------------
-# Probing
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """How to probe: the cluster CA, an optional client certificate and key, a hard timeout, the path."""
-
-    ca_file: str
-    client_cert_file: str | None = None
-    client_key_file: str | None = None
-    timeout_s: float = 1.0
-    path: str = "/readyz"
-
-    def files(self) -> tuple[str, ...]:
-        return tuple(f for f in (self.ca_file, self.client_cert_file, self.client_key_file) if f)
-
-
-def file_stamp(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
-    """What identifies the files' content without reading them: (path, mtime, size) each."""
-    stamp = []
-    for path in paths:
-        try:
-            info = os.stat(path)
-        except OSError:
-            stamp.append((path, -1, -1))
-        else:
-            stamp.append((path, info.st_mtime_ns, info.st_size))
-    return tuple(stamp)
-
-
-def _no_password() -> bytes:
-    raise ProxyError("the client key is encrypted, which is not supported")
-
-
-def build_ssl_context(settings: ProbeSettings) -> ssl.SSLContext:
-    """A client context trusting only the cluster CA, checking the apiserver's IP SANs, with the client cert."""
-    try:
-        context = ssl.create_default_context(cafile=settings.ca_file)
-    except FileNotFoundError as exc:
-        raise ProxyError(f"cannot read the CA file {settings.ca_file}: {exc.strerror}") from exc
-    except (OSError, ssl.SSLError) as exc:
-        raise ProxyError(f"the CA file {settings.ca_file} is not a valid PEM certificate: {exc}") from exc
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    if settings.client_cert_file:
-        try:
-            context.load_cert_chain(settings.client_cert_file, settings.client_key_file, password=_no_password)
-        except (OSError, ssl.SSLError) as exc:
-            raise ProxyError(
-                f"cannot load the client certificate {settings.client_cert_file} and key "
-                f"{settings.client_key_file or settings.client_cert_file}: {exc}"
-            ) from exc
-    return context
-
-
-class _ContextCache:
-    """One SSL context per settings, rebuilt only when a file changes (kubelet rotates its certificate)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[ProbeSettings, tuple[tuple[tuple[str, int, int], ...], ssl.SSLContext]] = {}
-
-    def get(self, settings: ProbeSettings) -> ssl.SSLContext:
-        stamp = file_stamp(settings.files())
-        with self._lock:
-            entry = self._entries.get(settings)
-            if entry is not None and entry[0] == stamp:
-                return entry[1]
-        context = build_ssl_context(settings)
-        with self._lock:
-            self._entries[settings] = (stamp, context)
-        return context
-
-
-_CONTEXTS = _ContextCache()
-
-
-def ssl_context(settings: ProbeSettings) -> ssl.SSLContext:
-    """The cached context for ``settings`` (``ProxyError`` when the files cannot be loaded)."""
-    return _CONTEXTS.get(settings)
-
-
-def _readyz_failure(status: int, body: bytes) -> str:
-    """``HTTP 500: [-]etcd failed: reason withheld``: the status and the first failing check, if any."""
-    text = body.decode("utf-8", "replace")
-    failed = next((line.strip() for line in text.splitlines() if line.startswith("[-]")), "")
-    if failed:
-        return f"HTTP {status}: {failed}"
-    first = text.strip().splitlines()[0][:120] if text.strip() else ""
-    if status == 200:
-        return f"HTTP 200 with an unexpected body {first!r}"
-    return f"HTTP {status}: {first}" if first else f"HTTP {status}"
-
-
-def _ssl_error_message(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {exc.verify_message or exc.reason or exc}"
-    return f"TLS error: {exc.reason or exc}"
-
-
-class _Deadline:
-    """The time left of one probe; every blocking step gets only that."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.start = time.monotonic()
-        self.end = self.start + timeout_s
-
-    def left(self) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        return left
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-
-def _connect(backend: Backend, context: ssl.SSLContext, deadline: _Deadline) -> http.client.HTTPSConnection:
-    """TCP connect and TLS handshake (certificate and IP SAN verified) within the deadline."""
-    sock = socket.create_connection((backend.address, backend.port), timeout=deadline.left())
-    try:
-        sock.settimeout(deadline.left())
-        tls = context.wrap_socket(sock, server_hostname=backend.address)
-    except BaseException:
-        sock.close()
-        raise
-    connection = http.client.HTTPSConnection(backend.address, backend.port, context=context)
-    connection.sock = tls  # connected and verified: request() does not connect again
-    return connection
-
-
-def _exchange(connection: http.client.HTTPSConnection, path: str, deadline: _Deadline) -> tuple[int, bytes, bool]:
-    """One ``GET`` on an open connection: ``(status, body, reusable)``."""
-    sock = connection.sock
-    sock.settimeout(deadline.left())
-    connection.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"})
-    sock.settimeout(deadline.left())
-    response = connection.getresponse()
-    sock.settimeout(deadline.left())
-    body = response.read(MAX_BODY)
-    return response.status, body, response.isclosed() and not response.will_close
-
-
-def _verdict(backend: Backend, status: int, body: bytes, deadline: _Deadline) -> ProbeResult:
-    if status == 200 and body.strip() == READY_BODY:
-        return ProbeResult(backend, True, deadline.elapsed())
-    return ProbeResult(backend, False, deadline.elapsed(), _readyz_failure(status, body))
-
-
-def _failure(backend: Backend, exc: BaseException, settings: ProbeSettings, deadline: _Deadline) -> ProbeResult:
-    if isinstance(exc, ConnectionRefusedError):
-        return ProbeResult(backend, False, deadline.elapsed(), "connection refused", refused=True)
-    if isinstance(exc, TimeoutError):
-        error = f"timed out after {settings.timeout_s:g}s"
-    elif isinstance(exc, ssl.SSLError):
-        error = _ssl_error_message(exc)
-    elif isinstance(exc, http.client.HTTPException):
-        error = f"bad HTTP answer: {exc or type(exc).__name__}"
-    else:
-        error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return ProbeResult(backend, False, deadline.elapsed(), error)
-
-
-_PROBE_ERRORS = (OSError, http.client.HTTPException)  # ssl.SSLError and TimeoutError are OSErrors
-
-
-def probe(backend: Backend, settings: ProbeSettings, context: ssl.SSLContext | None = None) -> ProbeResult:
-    """``GET <path>`` on a new connection to ``backend``; ok only for status 200 with the body ``ok``.
-
-    Never raises. One deadline bounds the whole probe: the connect, the TLS handshake, sending the request
-    and reading the answer each get only the time left.
-    """
-    deadline = _Deadline(settings.timeout_s)
-    try:
-        context = context or ssl_context(settings)
-    except ProxyError as exc:
-        return ProbeResult(backend, False, deadline.elapsed(), str(exc))
-    connection = None
-    try:
-        connection = _connect(backend, context, deadline)
-        status, body, _reusable = _exchange(connection, settings.path, deadline)
-    except _PROBE_ERRORS as exc:
-        return _failure(backend, exc, settings, deadline)
-    finally:
-        if connection is not None:
-            connection.close()
-    return _verdict(backend, status, body, deadline)
-
-
-def probe_all(
-    backends: Iterable[Backend],
-    settings: ProbeSettings,
-    max_workers: int = 8,
-    executor: Executor | None = None,
-) -> dict[Backend, ProbeResult]:
-    """Probe every backend concurrently on new connections; each probe is bounded by ``settings.timeout_s``.
-
-    Without an ``executor`` a pool is made for this call. A daemon probing every second uses ``Prober``.
-    """
-    targets = sort_backends(backends)
-    if not targets:
-        return {}
-    try:
-        context = ssl_context(settings)
-    except ProxyError as exc:
-        return {b: ProbeResult(b, False, 0.0, str(exc)) for b in targets}
-    pool = executor or ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets))))
-    try:
-        futures = {b: pool.submit(probe, b, settings, context) for b in targets}
-        return {b: future.result() for b, future in futures.items()}
-    finally:
-        if executor is None:
-            pool.shutdown(wait=False)
-
-
-class Prober:
-    """Probes like ``probe_all`` but keeps one HTTP/1.1 connection per backend between rounds.
-
-    Probing every second on new connections would cost each apiserver one TLS handshake per node and
-    second; a kept connection costs none. A kept connection that turns out to be dead (the apiserver
-    restarted or was killed: reset, EOF) is replaced by a new one within the same deadline, so a killed
-    apiserver is seen as "connection refused" at the next probe. A connection is dropped after a failed
-    exchange, when the server closes it, and when the SSL context changes (a rotated certificate).
-    """
-
-    def __init__(self, executor: Executor | None = None, max_workers: int = 8) -> None:
-        self._own = executor is None
-        self._pool = executor or ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
-        self._lock = threading.Lock()
-        self._kept: dict[Backend, tuple[ssl.SSLContext, http.client.HTTPSConnection]] = {}
-
-    def probe(self, backend: Backend, settings: ProbeSettings) -> ProbeResult:
-        deadline = _Deadline(settings.timeout_s)
-        try:
-            context = ssl_context(settings)
-        except ProxyError as exc:
-            self._drop(backend)
-            return ProbeResult(backend, False, deadline.elapsed(), str(exc))
-        with self._lock:
-            kept = self._kept.pop(backend, None)  # in use: nobody else touches it meanwhile
-        if kept is not None and kept[0] is not context:
-            kept[1].close()
-            kept = None
-        if kept is not None:
-            try:
-                return self._use(backend, context, kept[1], settings, deadline)
-            except TimeoutError as exc:
-                return _failure(backend, exc, settings, deadline)
-            except _PROBE_ERRORS:
-                pass  # the kept connection was dead: try a new one in the time left
-        try:
-            connection = _connect(backend, context, deadline)
-            return self._use(backend, context, connection, settings, deadline)
-        except _PROBE_ERRORS as exc:
-            return _failure(backend, exc, settings, deadline)
-
-    def _use(
-        self,
-        backend: Backend,
-        context: ssl.SSLContext,
-        connection: http.client.HTTPSConnection,
-        settings: ProbeSettings,
-        deadline: _Deadline,
-    ) -> ProbeResult:
-        try:
-            status, body, reusable = _exchange(connection, settings.path, deadline)
-        except BaseException:
-            connection.close()
-            raise
-        result = _verdict(backend, status, body, deadline)
-        if reusable:
-            with self._lock:
-                self._kept[backend] = (context, connection)
-        else:
-            connection.close()
-        return result
-
-    def _drop(self, backend: Backend) -> None:
-        with self._lock:
-            kept = self._kept.pop(backend, None)
-        if kept is not None:
-            kept[1].close()
-
-    def probe_all(self, backends: Iterable[Backend], settings: ProbeSettings) -> dict[Backend, ProbeResult]:
-        """Probe every backend concurrently; connections of backends no longer listed are closed."""
-        targets = sort_backends(backends)
-        with self._lock:
-            gone = [b for b in self._kept if b not in targets]
-        for backend in gone:
-            self._drop(backend)
-        futures = {b: self._pool.submit(self.probe, b, settings) for b in targets}
-        return {b: future.result() for b, future in futures.items()}
-
-    def kept(self) -> list[Backend]:
-        """The backends with a connection kept open (for tests and diagnostics)."""
-        with self._lock:
-            return sort_backends(self._kept)
-
-    def close(self) -> None:
-        with self._lock:
-            kept, self._kept = list(self._kept.values()), {}
-        for _context, connection in kept:
-            connection.close()
-        if self._own:
-            self._pool.shutdown(wait=False)
-
-
-def tcp_check(backend: Backend, timeout_s: float) -> ProbeResult:
-    """A bare TCP connect, closed at once with a reset (no TIME_WAIT left on the node). Never raises.
-
-    It only tells "something listens" from "connection refused"; the TLS probe decides readiness.
-    """
-    start = time.monotonic()
-    try:
-        sock = socket.create_connection((backend.address, backend.port), timeout=timeout_s)
-    except ConnectionRefusedError:
-        return ProbeResult(backend, False, time.monotonic() - start, "connection refused", refused=True)
-    except TimeoutError:
-        error = f"connect unanswered after {timeout_s:g}s"
-        return ProbeResult(backend, False, time.monotonic() - start, error, unanswered=True)
-    except OSError as exc:
-        return ProbeResult(backend, False, time.monotonic() - start, exc.strerror or str(exc))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    finally:
-        sock.close()
-    return ProbeResult(backend, True, time.monotonic() - start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -561,7 +214,8 @@ class HealthTracker:
 # --------------------------------------------------------------------------------------------------
 
 
-def _canonical_set(addresses: Iterable[str]) -> set[str]:
+def canonical_addresses(addresses: Iterable[str]) -> set[str]:
+    """The addresses in canonical form; what is not an address is left out."""
     result = set()
     for address in addresses:
         try:
@@ -572,7 +226,7 @@ def _canonical_set(addresses: Iterable[str]) -> set[str]:
 
 
 def has_local_backend(backends: Iterable[Backend], local_addresses: Iterable[str]) -> bool:
-    local = _canonical_set(local_addresses)
+    local = canonical_addresses(local_addresses)
     return any(b.address in local for b in backends)
 
 
@@ -595,7 +249,7 @@ def desired_weights(
     black-hole the node, and there is no better place to send a connection anyway.
     """
     targets = sort_backends(backends)
-    local = _canonical_set(local_addresses)
+    local = canonical_addresses(local_addresses)
     up = [b for b in targets if health.get(b) == UP]
     if not up:
         return {b: 1 for b in targets}, bool(targets)
@@ -642,140 +296,3 @@ def desired_service(vip: str, port: int, weights: Mapping[Backend, int], schedul
         RealServer(b.address, b.port, weight, "masquerade") for b, weight in weights.items() if b.version == version
     )
     return Service(address=vip, port=port, protocol="tcp", scheduler=scheduler, real_servers=real_servers)
-
-
-# --------------------------------------------------------------------------------------------------
-# haproxy
-# --------------------------------------------------------------------------------------------------
-
-
-DEFAULT_VERIFY_NAME = "kubernetes"
-
-
-@dataclass(frozen=True)
-class HaproxySettings:
-    """What ``render_haproxy`` needs. ``client_pem_file`` holds the client certificate and key together."""
-
-    vips: tuple[str, ...]
-    port: int
-    ca_file: str
-    client_pem_file: str | None = None
-    interval_s: float = 1.0
-    timeout_s: float = 1.0
-    connect_timeout_s: float = 0.5
-    rise: int = 2
-    fall: int = 2
-    stats_socket: str = DEFAULT_STATS_SOCKET
-    path: str = "/readyz"
-    # The DNS name every apiserver certificate carries (kubeadm's, kubespray's and hand-made ones all have it):
-    # without it haproxy checks only the chain, which any certificate the cluster CA signed (a node's) passes.
-    # haproxy's verifyhost matches DNS names only, not the address SANs the guard's own probes verify.
-    verify_name: str = DEFAULT_VERIFY_NAME
-    # haproxy's workers drop to this user and chroot here once the configuration, certificates and sockets are
-    # loaded (Debian's haproxy package makes both); "" keeps root and the real root.
-    user: str = "haproxy"
-    chroot: str = "/var/lib/haproxy"
-
-
-def haproxy_duration(seconds: float) -> str:
-    """``1s``, ``500ms``: haproxy's time format, in whole milliseconds (at least 1)."""
-    millis = max(1, round(seconds * 1000))
-    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
-
-
-def haproxy_address(address: str, port: int) -> str:
-    """``ipv4@10.0.0.11:6443`` / ``ipv6@fd00::11:6443``: haproxy takes the last colon as the port separator."""
-    ip = ipaddress.ip_address(address)
-    return f"ipv{ip.version}@{ip}:{port}"
-
-
-HAPROXY_BACKEND = "kube_apiservers"
-
-
-def haproxy_server_name(backend: Backend) -> str:
-    """The name of ``backend`` in the rendered configuration (and on haproxy's stats socket)."""
-    return f"{backend.address}_{backend.port}"
-
-
-def render_haproxy(
-    cfg: HaproxySettings,
-    backends: Iterable[Backend],
-    local_addresses: Iterable[str],
-    prefer_local: bool,
-) -> str:
-    """haproxy (2.6) TCP-mode configuration: the VIPs in front, every backend checked on ``/readyz``.
-
-    The same inputs always render the same bytes, so an unchanged set never causes a reload. haproxy does
-    its own health checks here; the guard shuts the sessions of a failed backend (see below). On a master
-    with ``prefer_local`` the other apiservers are backups of the local one.
-    """
-    targets = sort_backends(backends)
-    local = _canonical_set(local_addresses)
-    prefer = prefer_local and any(b.address in local for b in targets)
-    inter = haproxy_duration(cfg.interval_s)
-    check = [
-        f"inter {inter}",
-        f"fastinter {haproxy_duration(cfg.interval_s / 2)}",
-        f"downinter {inter}",
-        f"fall {cfg.fall}",
-        f"rise {cfg.rise}",
-        "check",
-        "check-ssl",
-        "verify required",
-        f"ca-file {cfg.ca_file}",
-    ]
-    if cfg.verify_name:
-        check.append(f"verifyhost {cfg.verify_name}")
-    if cfg.client_pem_file:
-        check.append(f"crt {cfg.client_pem_file}")
-    # Neither `observe layer4` nor `on-marked-down shutdown-sessions`: both shut the sessions being redispatched
-    # off a killed master (measured: a request lost in 5 of 6 SIGKILL drills with the first, 1 in ~7 with the
-    # second). A killed master's connections are reset by its kernel; for any other failure the guard marks
-    # the server down and shuts its sessions on the stats socket.
-    check += ["on-marked-up shutdown-backup-sessions"]
-
-    lines = [
-        "# Written by the kubeha.apiserver guard: do not edit, it is rewritten when the apiservers change.",
-        "global",
-        "    log stderr format raw local0 notice",
-        *([f"    user {cfg.user}", f"    group {cfg.user}"] if cfg.user else []),
-        *([f"    chroot {cfg.chroot}"] if cfg.chroot else []),
-        f"    stats socket {cfg.stats_socket} mode 600 level admin expose-fd listeners",
-        # a reload leaves the old process serving its connections (watches): end them after 5 minutes,
-        # which client-go's watch timeouts (5 to 10 minutes) would do anyway
-        "    hard-stop-after 5m",
-        "",
-        "defaults",
-        "    mode tcp",
-        "    log global",
-        # no SYN-ACK within this on a node's network means a dead or black-holed master, not a busy one
-        f"    timeout connect {haproxy_duration(cfg.connect_timeout_s)}",
-        "    timeout client 24h",
-        "    timeout server 24h",
-        f"    timeout check {haproxy_duration(cfg.timeout_s)}",
-        # A refused or timed-out connect is retried on another server: a dead master fails no new request.
-        "    retries 2",
-        "    option redispatch 1",
-        "",
-        "frontend kubeha_apiserver",
-    ]
-    vips = sorted({str(ipaddress.ip_address(v)) for v in cfg.vips}, key=lambda v: Backend(v, cfg.port).sort_key())
-    lines += [f"    bind {haproxy_address(vip, cfg.port)}" for vip in vips]
-    lines += [
-        "    default_backend kube_apiservers",
-        "",
-        f"backend {HAPROXY_BACKEND}",
-        "    balance roundrobin",
-        f"    option httpchk GET {cfg.path}",
-        # the whole body must be "ok": a failing /readyz (HTTP 500) also lists "[+]ping ok" lines
-        "    http-check expect rstring ^ok$",
-    ]
-    if prefer:
-        lines.append("    option allbackups")
-    lines.append("    default-server " + " ".join(check))
-    for backend in targets:
-        backup = " backup" if prefer and backend.address not in local else ""
-        lines.append(
-            f"    server {haproxy_server_name(backend)} {haproxy_address(backend.address, backend.port)}{backup}"
-        )
-    return "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks impo
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import render_metrics
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, Service, simulate
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult, ProbeSettings
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult
 
 METRIC = "kubeha_apiserver_last_reconcile_timestamp_seconds"
 

@@ -69,12 +69,14 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         "_guard_hooks.py",
         "_guard_metrics.py",
         "_guard_state.py",
+        "_haproxy_config.py",
         "_ipvs.py",
         "_kernel.py",
         "_kubeapi.py",
         "_kubeconfig.py",
         "_nftables.py",
         "_node_plumbing.py",
+        "_probe.py",
         "_proxy.py",
     ]
     assert "__main__.py" in names and names == sorted(names)

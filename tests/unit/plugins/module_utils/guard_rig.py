@@ -21,11 +21,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon imp
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, IPVSError, Service, simulate
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths, remove_interface
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
-    ProbeResult,
-    ProbeSettings,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult
 
 VIP4, VIP6, PORT = "169.254.100.1", "fd00::1", 6443
 M1, M2, M3 = Backend("10.0.0.11", 6443), Backend("10.0.0.12", 6443), Backend("10.0.0.13", 6443)

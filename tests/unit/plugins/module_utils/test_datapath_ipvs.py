@@ -26,9 +26,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config imp
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import (
     address_commands,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend
 from guard_rig import (
     IP_VS_CONN,
     M2,

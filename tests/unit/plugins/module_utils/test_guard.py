@@ -76,13 +76,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import (
     ensure_interface,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    DOWN,
-    UP,
-    Backend,
-    ProbeResult,
-    ProbeSettings,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import DOWN, UP, Backend, ProbeResult
 from guard_rig import (
     CERT,
     IP_VS_CONN,

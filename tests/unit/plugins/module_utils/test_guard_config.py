@@ -15,10 +15,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config imp
     load_config,
     parse_config,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
-    ProbeSettings,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend
 from guard_rig import (
     M1,
     M2,

@@ -23,9 +23,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery 
     discover_backends,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend
 from guard_rig import (
     CERT,
     KEY,

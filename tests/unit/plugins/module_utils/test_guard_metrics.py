@@ -15,10 +15,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics im
     MetricsSnapshot,
     render_metrics,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    DOWN,
-    UP,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import DOWN, UP
 from guard_rig import (
     M1,
     M2,

@@ -19,10 +19,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_state impo
     read_state,
     write_state,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    DOWN,
-    UP,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import DOWN, UP
 from guard_rig import (
     M1,
     M2,

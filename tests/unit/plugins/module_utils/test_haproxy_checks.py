@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
-    Backend,
+from ansible_collections.kubeha.apiserver.plugins.module_utils._haproxy_config import (
     HaproxySettings,
     haproxy_server_name,
     render_haproxy,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

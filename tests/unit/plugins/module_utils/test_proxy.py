@@ -22,29 +22,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ansible_collections.kubeha.apiserver.plugins.module_utils._haproxy_config import (
+    HaproxySettings,
+    haproxy_duration,
+    render_haproxy,
+)
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import RealServer
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import (
+    Prober,
+    ProbeSettings,
+    probe,
+    probe_all,
+    ssl_context,
+    tcp_check,
+)
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     DOWN,
     UNKNOWN,
     UP,
     Backend,
-    HaproxySettings,
     HealthTracker,
-    Prober,
     ProbeResult,
-    ProbeSettings,
     ProxyError,
     desired_service,
     desired_weights,
-    haproxy_duration,
     parse_endpoint,
-    probe,
-    probe_all,
-    render_haproxy,
     scheduler_for,
     sort_backends,
-    ssl_context,
-    tcp_check,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

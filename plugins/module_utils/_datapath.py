@@ -158,8 +158,9 @@ def socket_kill_commands(connections: Iterable[Connection], local_addresses: Ite
     return commands
 
 
-def conntrack_commands(backend: Backend, vips: Iterable[str], port: int) -> list[list[str]]:
-    """``conntrack -D`` commands deleting the entries of connections from the VIPs to ``backend``.
+def conntrack_commands(backend: Backend, vips: Iterable[str], port: int, operation: str = "-D") -> list[list[str]]:
+    """``conntrack`` commands for the entries of connections from the VIPs to ``backend``: ``-D`` deletes them,
+    ``-L`` lists them.
 
     With IPVS NAT and ``net.ipv4.vs.conntrack=1``, as with an nftables DNAT, an entry's reply source is the
     backend.
@@ -171,7 +172,7 @@ def conntrack_commands(backend: Backend, vips: Iterable[str], port: int) -> list
         family = "ipv4" if backend.version == 4 else "ipv6"
         orig = ["--orig-dst", str(ipaddress.ip_address(vip)), "--orig-port-dst", str(port)]
         reply = ["--reply-src", backend.address, "--reply-port-src", str(backend.port)]
-        commands.append(["conntrack", "-D", "-f", family, "-p", "tcp", *orig, *reply])
+        commands.append(["conntrack", operation, "-f", family, "-p", "tcp", *orig, *reply])
     return commands
 
 

@@ -30,6 +30,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import 
     DataPath,
     Desired,
     close_with_commands,
+    conntrack_commands,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import LOG, GuardError
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import command_error
@@ -116,19 +117,6 @@ def parse_conntrack(text: str) -> list[ConntrackConnection]:
     return found
 
 
-def conntrack_list_commands(backend: Backend, vips: Iterable[str], port: int) -> list[list[str]]:
-    """``conntrack -L`` commands listing the connections from a VIP's clients to ``backend``."""
-    commands = []
-    for vip in vips:
-        if ipaddress.ip_address(vip).version != backend.version:
-            continue
-        family = "ipv4" if backend.version == 4 else "ipv6"
-        orig = ["--orig-dst", str(ipaddress.ip_address(vip)), "--orig-port-dst", str(port)]
-        reply = ["--reply-src", backend.address, "--reply-port-src", str(backend.port)]
-        commands.append(["conntrack", "-L", "-f", family, "-p", "tcp", *orig, *reply])
-    return commands
-
-
 class NftablesDataPath(DataPath):
     mode = "nftables"
     label = "the nftables table"
@@ -175,7 +163,7 @@ class NftablesDataPath(DataPath):
     def close_connections(self, backend: Backend) -> Closed:
         """Close what still goes to a failed backend: the node's own sockets and the conntrack entries."""
         connections: list[ConntrackConnection] = []
-        for argv in conntrack_list_commands(backend, self.cfg.vips, self.cfg.port):
+        for argv in conntrack_commands(backend, self.cfg.vips, self.cfg.port, "-L"):
             rc, out, err = self._run(argv)
             if rc != 0:
                 raise GuardError(f"listing the connections to {backend}: {command_error(argv, rc, err)}")

@@ -10,10 +10,9 @@ from __future__ import annotations
 import ipaddress
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _nftables
-from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import Desired
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import Desired, conntrack_commands
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_nftables import (
     ConntrackConnection,
-    conntrack_list_commands,
     desired_table,
     nft_weights,
     parse_conntrack,
@@ -69,8 +68,8 @@ def test_parse_conntrack_takes_the_original_direction() -> None:
 
 
 def test_conntrack_is_asked_per_vip_of_the_backends_family() -> None:
-    assert conntrack_list_commands(M2, [VIP4, VIP6], 6444) == [
+    assert conntrack_commands(M2, [VIP4, VIP6], 6444, "-L") == [
         ["conntrack", "-L", "-f", "ipv4", "-p", "tcp", "--orig-dst", VIP4, "--orig-port-dst", "6444",
          "--reply-src", "10.0.0.12", "--reply-port-src", "6443"],
     ]  # fmt: skip
-    assert conntrack_list_commands(M6, [VIP4, VIP6], 6444)[0][3] == "ipv6"
+    assert conntrack_commands(M6, [VIP4, VIP6], 6444, "-L")[0][3] == "ipv6"

@@ -33,6 +33,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks impo
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import run_command
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult
 from guard_rig import ScriptedProber
+from netns_tcp import COUNT, SERVERS
 
 NS = f"kh-nftg-{os.getpid()}"
 VIP4, VIP6, PORT = "169.254.100.1", "fd6b:6861::1", 6444
@@ -41,51 +42,6 @@ V6 = Backend("::1", 7001)
 NAMES = {A: "A", B: "B", C: "C", V6: "V6"}
 CONNECTIONS = 200
 
-SERVERS = textwrap.dedent(
-    """
-    import socket, sys, threading, time
-    def serve(family, address, port, name):
-        s = socket.socket(family)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((address, port))
-        s.listen(256)
-        def one(c):
-            with c:
-                c.sendall(name.encode() + b"\\n")
-                c.settimeout(20)
-                try:
-                    while (data := c.recv(64)):  # a kept connection: every line answered
-                        c.sendall(name.encode() + b" " + data)
-                except OSError:
-                    pass
-        def loop():
-            while True:
-                c, _ = s.accept()
-                threading.Thread(target=one, args=(c,), daemon=True).start()
-        threading.Thread(target=loop, daemon=True).start()
-    serve(socket.AF_INET, "127.0.0.2", 7001, "A")
-    serve(socket.AF_INET, "127.0.0.3", 7002, "B")
-    serve(socket.AF_INET, "127.0.0.4", 7003, "C")
-    serve(socket.AF_INET6, "::1", 7001, "V6")
-    print("ready", flush=True)
-    time.sleep(float(sys.argv[1]))  # bounded: the servers end by themselves
-    """
-)
-
-COUNT = textwrap.dedent(
-    """
-    import collections, json, socket, sys
-    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    seen = collections.Counter()
-    for _ in range(n):
-        try:
-            with socket.create_connection((host, port), timeout=2) as c:
-                seen[c.makefile().readline().strip()] += 1
-        except OSError as exc:
-            seen[type(exc).__name__] += 1
-    print(json.dumps(seen))
-    """
-)
 
 # Kept connections: opened until one reaches the wanted backend (at most 40 tries), then a line each time the test
 # asks, answered with the backend's reply or the error that ended the connection.

@@ -14,10 +14,12 @@ import ipaddress
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_networks import command_lines, flag_values
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import (
@@ -299,14 +301,49 @@ def ipvs_capability(proc: str = "/proc", lib_modules: str = "/lib/modules", sys_
     return True, f"ip_vs {state} ({evidence})"
 
 
+# nfnetlink: the nf_tables subsystem's "get generation" request, which any kernel with nf_tables answers.
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+_NFT_MSG_NEWGEN = (10 << 8) | 15
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST = 1
+
+
+def nftables_reply(data: bytes) -> tuple[bool, str]:
+    """Whether the kernel's reply to the get-generation request says nf_tables is there, and why."""
+    if len(data) < 16:
+        return False, "no answer from nf_tables over netlink"
+    kind = struct.unpack_from("=H", data, 4)[0]
+    if kind == _NFT_MSG_NEWGEN:
+        return True, "nf_tables answers over netlink"
+    if kind == _NLMSG_ERROR and len(data) >= 20:
+        code = -struct.unpack_from("=i", data, 16)[0]
+        return False, f"nf_tables does not answer over netlink: {os.strerror(code) if code else 'no error'}"
+    return False, f"unexpected netlink answer type {kind}"
+
+
+def nftables_answers() -> tuple[bool, str]:
+    """Ask the kernel itself (a kernel may have nf_tables built in with no module files to read, as in a container)."""
+    request = struct.pack("=IHHII", 20, _NFT_MSG_GETGEN, _NLM_F_REQUEST, 1, 0) + struct.pack("=BBH", 0, 0, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            sock.settimeout(2.0)
+            sock.bind((0, 0))
+            sock.send(request)
+            return nftables_reply(sock.recv(65536))
+    except OSError as exc:
+        return False, f"cannot ask nf_tables over netlink: {exc.strerror or exc}"
+
+
 def nftables_capability(
-    proc: str = "/proc", lib_modules: str = "/lib/modules", sys_root: str = "/sys"
+    proc: str = "/proc", lib_modules: str = "/lib/modules", sys_root: str = "/sys", ask: Any = nftables_answers
 ) -> tuple[bool, str]:
-    """Whether nftables can run here (nf_tables loaded, built in or loadable), and the evidence."""
+    """Whether nftables can run here (nf_tables loaded, built in or loadable, or answering), and the evidence."""
     state, evidence = kernel_module("nf_tables", proc, sys_root, lib_modules)
-    if state == "absent":
-        return False, evidence
-    return True, "loaded" if state == "loaded" else f"nf_tables {state} ({evidence})"
+    if state != "absent":
+        return True, "loaded" if state == "loaded" else f"nf_tables {state} ({evidence})"
+    answers, why = ask()
+    return answers, why if answers else f"{evidence}; {why}"
 
 
 _MODE_LINE = re.compile(r"""^mode:[ \t]*["']?([A-Za-z]*)["']?[ \t]*(?:#.*)?$""", re.M)

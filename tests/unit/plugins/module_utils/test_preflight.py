@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._preflight import
     NodeFacts,
     check,
     kube_proxy_mode,
+    nftables_capability,
+    nftables_reply,
     parse_endpoint,
     parse_ip_addr_json,
     parse_proc_net_tcp,
@@ -219,3 +222,25 @@ def test_kube_proxy_mode_is_read_from_the_running_process(
 ) -> None:
     found, where = kube_proxy_mode(fake_proc(tmp_path, *processes))
     assert found == mode and evidence in where, (found, where)
+
+
+def test_nftables_is_found_by_asking_the_kernel_where_no_module_file_says_so(tmp_path: Path) -> None:
+    # This machine's kernel has nf_tables built in and no /lib/modules or /sys/module entry for it (as a container
+    # sees its host's kernel): only the kernel's own answer over netlink finds it.
+    empty = str(tmp_path / "nothing")
+    assert nftables_capability(empty, empty, empty) == (True, "nf_tables answers over netlink")
+    # Negative control: a kernel that does not answer is not taken for one with nftables.
+    refused = nftables_capability(empty, empty, empty, ask=lambda: nftables_reply(ERROR_EOPNOTSUPP))
+    assert refused[0] is False and "Operation not supported" in refused[1], refused
+
+
+ERROR_EOPNOTSUPP = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -95) + bytes(16)
+
+
+def test_nftables_reply_is_read_from_the_netlink_header() -> None:
+    assert nftables_reply(struct.pack("=IHHII", 36, (10 << 8) | 15, 0, 1, 0) + bytes(20)) == (
+        True,
+        "nf_tables answers over netlink",
+    )
+    assert nftables_reply(b"") == (False, "no answer from nf_tables over netlink")
+    assert nftables_reply(struct.pack("=IHHII", 16, 99, 0, 1, 0))[1] == "unexpected netlink answer type 99"

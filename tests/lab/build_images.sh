@@ -9,7 +9,7 @@
 #                  (disk.img, vmlinuz and initrd only for DEBIAN_SUITE: the qemu worker runs that suite)
 #   mirror/        offline Debian repository with the .debs the roles install (served on the lab bridge)
 #
-# Nothing lab-specific is baked in: each node gets a per-lab "seed" (tests/lab/lab.py) mounted at
+# Nothing lab-specific is baked in: each node gets a per-lab "seed" (tests/lab/lab_seed.py) mounted at
 # /opt/kubeha-lab, and the image's kubeha-lab-seed.service runs its init script before sshd.
 set -euo pipefail
 

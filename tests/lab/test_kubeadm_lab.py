@@ -7,6 +7,7 @@ flavour's suites). The lab fixture replaces a running lab of the other flavour.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lab as labmod
 import pytest
@@ -107,7 +108,7 @@ def test_kube_proxy_runs_as_kubeadms_daemonset_in_the_mode_each_kernel_allows(no
 
 
 def test_no_image_was_pulled(nodes, lab):
-    imported = set(json.loads((labmod.Path(lab["container_images"]) / "images.json").read_text()).values())
+    imported = set(json.loads((Path(lab["container_images"]) / "images.json").read_text()).values())
     for node in nodes.values():
         refs = set(labmod.ssh(node, "ctr -n k8s.io images ls -q").stdout.split())
         named = {r for r in refs if not r.startswith("sha256:")}

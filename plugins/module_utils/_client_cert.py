@@ -23,6 +23,7 @@ import os
 import re
 import ssl
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,3 +217,29 @@ def apply(planned: ClientCertPlan) -> None:
         fsync_directory(os.path.dirname(os.path.abspath(planned.dest)))
     elif planned.write and planned.content is not None:
         atomic_write(planned.dest, planned.content, mode=DEST_MODE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The module's outcome: the plan, carried out unless in check mode."""
+
+    plan: ClientCertPlan
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def diff(self) -> dict[str, str]:
+        return self.plan.diff()
+
+    def result(self) -> dict[str, Any]:
+        return self.plan.result()
+
+
+def run(params: Mapping[str, Any], check_mode: bool) -> Outcome:
+    """The module's whole run: plan, then apply unless ``check_mode``; a failed write is a ``ClientCertError``."""
+    try:
+        planned = plan(params["kubeconfig"], params["dest"], params.get("context"))
+        if not check_mode:
+            apply(planned)
+    except OSError as exc:
+        raise ClientCertError(f"cannot write {params['dest']}: {exc.strerror or exc}") from exc
+    return Outcome(planned)

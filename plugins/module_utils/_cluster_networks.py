@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
+    MissingLibraryError,
     import_yaml,
     object_path,
 )
@@ -32,6 +33,10 @@ FLAGS = {
 }
 MANIFESTS = ("kube-apiserver.yaml", "kube-controller-manager.yaml")
 NETWORKING_KEYS = {"serviceSubnet": "service", "podSubnet": "pod"}
+
+
+class ClusterNetworksError(Exception):
+    """The one error of the module's run; its message is meant for the user as is."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Reading:
 
     def result(self) -> dict[str, Any]:
         return {
+            "changed": False,
             "ranges": self.ranges(),
             "service_ranges": self.by_kind("service"),
             "pod_ranges": self.by_kind("pod"),
@@ -208,3 +214,20 @@ def read(client: Any, manifest_dir: str, proc: str = "/proc") -> Reading:
     read_processes(reading, proc)
     read_manifests(reading, manifest_dir)
     return reading
+
+
+def run(params: Mapping[str, Any], client_factory: Callable[[], Any]) -> Reading:
+    """The module's whole run (it reads only, so check mode changes nothing): ``read`` with the apiserver client of
+    ``client_factory()``; an apiserver that cannot be asked is a ``ClusterNetworksError`` saying what was read."""
+    try:
+        client = client_factory()
+        try:
+            return read(client, params["manifest_dir"])
+        finally:
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+    except MissingLibraryError:
+        raise
+    except KubeAPIError as exc:
+        raise ClusterNetworksError(f"cannot read the cluster's service and pod ranges: {exc}") from exc

@@ -28,12 +28,8 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import 
     close_with_commands,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import LOG, GuardError
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
-    IPVSError,
-    load_kernel_modules,
-    plan,
-    to_dict,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import load_kernel_modules
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import IPVSError, plan, to_dict
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kernel import ipvs_loaded
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import ensure_sysctls, run_checked
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (

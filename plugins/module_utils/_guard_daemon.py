@@ -6,20 +6,23 @@
 
 """The guard: keeps a node's virtual address (VIP:port) pointed at the kube-apiservers that are ready.
 
-Shipped to nodes as one file (the local_proxy role's zipapp of this module and the module_utils it imports) and
-run as ``python kubeha-apiserver-guard.pyz --config FILE`` (``--once``: one round, then exit; ``--cleanup``:
-remove everything the guard set up). One main loop, every ``interval_s``: probe every backend's ``/readyz`` ->
-hysteresis -> weights (``_proxy.decide``) -> the data path of the configured mode plans and applies them
-(``_datapath_ipvs``, ``_datapath_haproxy``) -> close the connections of backends that went down -> state file
-(``_guard_state``) -> metrics (``_guard_metrics``). Beside it, small threads: a fast TCP check every
-``fast_check_interval_s`` that takes a backend down at once when its connect is refused (the apiserver died) or
-when ``fall`` connects in a row get no answer within ``connect_timeout_s`` (the host died or is black-holed); a
-kernel data path does not retry another backend, so this bounds the failed requests after a master fails. Then
-discovery of the masters (``_guard_discovery``), and the metrics endpoint. Every change of the data path happens
-under one lock.
+Longer than 500 lines on purpose: it is one class, ``Guard``, whose steps (start-up, probe rounds, fast checks,
+discovery, reload, serving) share one state under one lock (the backends and their health, the last decision, the
+errors being reported); cut in parts, each would reach into the others' attributes. What stands apart lives apart:
+the command line and ``--cleanup`` in ``_guard_cli``, the data path of each mode in ``_datapath_modes``.
+
+One main loop, every ``interval_s``: probe every backend's ``/readyz`` -> hysteresis -> weights (``_proxy.decide``)
+-> the data path of the configured mode plans and applies them (``_datapath_ipvs``, ``_datapath_haproxy``) -> close
+the connections of backends that went down -> state file (``_guard_state``) -> metrics (``_guard_metrics``). Beside
+it, small threads: a fast TCP check every ``fast_check_interval_s`` that takes a backend down at once when its
+connect is refused (the apiserver died) or when ``fall`` connects in a row get no answer within
+``connect_timeout_s`` (the host died or is black-holed); a kernel data path does not retry another backend, so this
+bounds the failed requests after a master fails. Then discovery of the masters (``_guard_discovery``), and the
+metrics endpoint. Every change of the data path happens under one lock.
 
 SIGHUP reloads the configuration (an invalid one is logged and the old one kept); SIGTERM and SIGINT stop
-the guard WITHOUT removing anything, so the data path keeps working while it restarts.
+the guard WITHOUT removing anything, so the data path keeps working while it restarts (``_guard_cli`` sets the
+handlers; ``request_reload`` and ``request_stop`` are what they call).
 
 Only the standard library is imported at module level; pyroute2 is imported by ``_ipvs``'s adapter when
 IPVS is first used, and PyYAML by ``_kubeapi`` only when discovery reads a kubeconfig.
@@ -27,22 +30,17 @@ IPVS is first used, and PyYAML by ``_kubeapi`` only when discovery reads a kubec
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import DataPath, Desired
-from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_haproxy import HaproxyDataPath
-from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs import IPVSDataPath
-from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_nftables import NftablesDataPath
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath import Desired
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_modes import DATA_PATHS, make_data_path
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import format_endpoint
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import (
     LOG,
@@ -64,7 +62,6 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_state impo
     read_state,
     write_state,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import remove_interface
 from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import Prober, ProbeSettings
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     DOWN,
@@ -84,13 +81,6 @@ STARTUP_RETRY_S = 30.0  # start-up retried with back-off (1, 2, 4 ... s) for thi
 STARTUP_FIRST_RETRY_S = 1.0
 HEALTHZ_INTERVALS = 3  # /healthz fails when the loop has not completed a round for this many intervals
 PLUMBING_RETRY_S = 10.0  # failed (or lost) plumbing is retried at this pace
-
-# The data path of each mode (``_guard_config.MODES`` names them for the configuration).
-DATA_PATHS: dict[str, type[DataPath]] = {path.mode: path for path in (IPVSDataPath, NftablesDataPath, HaproxyDataPath)}
-
-
-def make_data_path(cfg: GuardConfig, hooks: Hooks) -> DataPath:
-    return DATA_PATHS[cfg.mode](cfg, hooks)
 
 
 def next_due(due: float, interval_s: float, now: float) -> float:
@@ -685,93 +675,3 @@ class Guard:
         self._prober.close()
         self._pool.shutdown(wait=False)
         self.datapath.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
-def cleanup(cfg: GuardConfig, hooks: Hooks | None = None) -> int:
-    """``--cleanup``: remove what every data path set up for the VIPs (those of the state file too: the
-    configuration may have changed since), the interface and the state file."""
-    hooks = hooks or Hooks()
-    failures = 0
-    pairs = {(v, cfg.port) for v in cfg.vips}
-    try:
-        state = read_state(cfg.state_file)
-    except GuardError:
-        state = None
-    if state is not None:
-        pairs |= {(v, state.port) for v in state.vips}
-    for kind in DATA_PATHS.values():  # every mode's: the mode may have changed since it was set up
-        path = kind(cfg, hooks)
-        try:
-            for item in path.remove(sorted(pairs)):
-                LOG.info("removed %s", item)
-        # pyroute2 raises more than NetlinkError: the rest of the cleanup must still run
-        except Exception as exc:
-            failures += 1
-            LOG.error("removing the %s data path: %s", kind.mode, exc)
-        finally:
-            path.close()
-    try:
-        for item in remove_interface(cfg.interface, cfg.vips, hooks.runner):
-            LOG.info("removed %s", item)
-    except GuardError as exc:
-        failures += 1
-        LOG.error("removing the plumbing: %s", exc)
-    try:
-        os.unlink(cfg.state_file)
-        LOG.info("removed %s", cfg.state_file)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        failures += 1
-        LOG.error("cannot remove %s: %s", cfg.state_file, exc.strerror or exc)
-    return 1 if failures else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kubeha-apiserver-guard.pyz",
-        description="Keep this node's kube-apiserver VIP pointed at the apiservers that are ready.",
-    )
-    parser.add_argument("--config", required=True, help="the guard's JSON configuration file")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument(
-        "--once", action="store_true", help="one probe and apply round, then exit (0: a backend is ready)"
-    )
-    action.add_argument(
-        "--cleanup", action="store_true", help="remove the services, plumbing and state file, then exit"
-    )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        LOG.error("%s", exc)
-        return 2
-    if args.cleanup:
-        return cleanup(cfg, hooks)
-    guard = Guard(cfg, args.config, hooks)
-    if args.once:
-        try:
-            guard.startup()
-            guard.run_round()
-            return 0 if guard.any_up() else 1
-        finally:
-            guard.close()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: guard.request_stop())
-    signal.signal(signal.SIGINT, lambda _signum, _frame: guard.request_stop())
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: guard.request_reload())
-    return guard.serve()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@
 # PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the collection's
 # modules that talk to kube-apiserver and may change in any release without notice.
 
-"""A small Kubernetes REST client: kubeconfig loading, JSON requests, optimistic updates, rollouts.
+"""A small Kubernetes REST client: kubeconfig loading, JSON requests, optimistic updates.
 
 Only the standard library is used for HTTP and TLS. PyYAML (for the kubeconfig) is imported lazily by
 ``import_yaml`` so that this file imports without it and a module can report ``missing_required_lib``.
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import http.client
 import json
 import os
 import ssl
 import tempfile
-import time
 import traceback
 import urllib.error
 import urllib.parse
@@ -30,7 +28,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._files import restart_due
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
     KubeconfigError,
     embedded_data,
@@ -38,11 +35,6 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig impor
 )
 
 USER_AGENT = "kubeha.apiserver"
-RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-# On a DaemonSet: the digest of the ConfigMap data its pods were last restarted for. A run that changed the
-# ConfigMap and died before the restart leaves it stale, and the next run restarts: the decision comes from this
-# marker, not from "this run changed the ConfigMap".
-RESTARTED_FOR = "kubeha.apiserver/restarted-for-configmap"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_CONTENT = "application/json"
@@ -128,6 +120,13 @@ def _material(path: str, where: str, entry: Mapping[str, Any], key: str, files: 
 
 # The modules' option that lets a kubeconfig reach an apiserver it does not verify (doc fragment kubeconfig_security).
 KUBECONFIG_SECURITY_SPEC: dict[str, dict[str, Any]] = {"allow_insecure": {"type": "bool", "default": False}}
+# The connection options of every module that talks to the apiserver with a kubeconfig: the file whose current
+# context is used, and allow_insecure (doc fragments kubeconfig_connection and kubeconfig_security). A module whose
+# kubeconfig is not a connection (kubeconfig_server's is the file it edits) takes KUBECONFIG_SECURITY_SPEC alone.
+KUBECONFIG_CONNECTION_SPEC: dict[str, dict[str, Any]] = {
+    "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
+    **KUBECONFIG_SECURITY_SPEC,
+}
 
 
 def load_kubeconfig(path: str, context: str | None = None, *, allow_insecure: bool = False) -> Credentials:
@@ -420,6 +419,19 @@ class KubeClient:
         return self.request("DELETE", path, options)
 
 
+def connect(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
+    """A client with the credentials of the current context of the kubeconfig file ``kubeconfig``."""
+    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
+
+
+def client_factory(params: Mapping[str, Any], make_client: Callable[..., Any] = connect) -> Callable[[], Any]:
+    """The client factory a module's run takes, from the connection options (``KUBECONFIG_CONNECTION_SPEC``).
+
+    ``make_client(kubeconfig, allow_insecure)`` is called only when the run asks, after it validated its input.
+    """
+    return lambda: make_client(params["kubeconfig"], params["allow_insecure"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Helpers built on get/put/patch (they accept any object with those methods)
 # --------------------------------------------------------------------------------------------------
@@ -470,107 +482,3 @@ def update_with_retry(
         f"last: {last}",
         409,
     )
-
-
-def rfc3339_now() -> str:
-    """The current UTC time as ``2024-05-01T12:00:00Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def rollout_restart(
-    client: Any, namespace: str, name: str, now: str | None = None, configmap: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """What ``kubectl rollout restart daemonset/<name>`` does: a new pod template annotation; with ``configmap``,
-    the same patch records its digest as the configuration the pods now start with (``RESTARTED_FOR``).
-
-    Returns the patched DaemonSet.
-    """
-    patch: dict[str, Any] = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now or rfc3339_now()}}}}}
-    if configmap is not None:
-        patch["metadata"] = {"annotations": {RESTARTED_FOR: configmap_digest(configmap)}}
-    return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
-
-
-def configmap_digest(configmap: Mapping[str, Any]) -> str:
-    """A SHA-256 of a ConfigMap's data (and binaryData), independent of key order."""
-    content = {"data": configmap.get("data") or {}, "binaryData": configmap.get("binaryData") or {}}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def restarted_for(daemonset: Mapping[str, Any]) -> str | None:
-    """The digest of the ConfigMap the DaemonSet's pods were last restarted for, or None (never recorded)."""
-    return ((daemonset.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_FOR)
-
-
-def record_running_configuration(
-    client: Any, namespace: str, name: str, daemonset: Mapping[str, Any], configmap: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Before a change of ``configmap``: a DaemonSet with no marker gets the digest of what its pods run now (the
-    ConfigMap as it is), so a run that dies after the change leaves a marker that says a restart is due. The
-    DaemonSet as it is (or as patched)."""
-    if restarted_for(daemonset) is not None:
-        return dict(daemonset)
-    patch = {"metadata": {"annotations": {RESTARTED_FOR: configmap_digest(configmap)}}}
-    try:
-        return client.patch(daemonset_path(namespace, name), patch, STRATEGIC_MERGE_PATCH)
-    except KubeAPIError as exc:
-        raise KubeAPIError(
-            f"recording on DaemonSet {namespace}/{name} which configuration its pods run: {exc}; nothing was changed",
-            exc.status,
-        ) from exc
-
-
-def daemonset_restart_due(daemonset: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    """Whether the DaemonSet's pods run another ConfigMap than ``after``: by its marker, or without one by ``before``
-    (the ConfigMap as the run found it, which the pods are taken to run)."""
-    return restart_due(restarted_for(daemonset), configmap_digest(before), configmap_digest(after))
-
-
-def update_strategy(daemonset: Mapping[str, Any]) -> str:
-    """``RollingUpdate`` (the default) or ``OnDelete``."""
-    return str(((daemonset.get("spec") or {}).get("updateStrategy") or {}).get("type") or "RollingUpdate")
-
-
-def daemonset_progress(daemonset: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether the DaemonSet's rollout is complete, and a phrase describing where it stands."""
-    generation = int((daemonset.get("metadata") or {}).get("generation") or 0)
-    status = daemonset.get("status") or {}
-    observed = int(status.get("observedGeneration") or 0)
-    desired = int(status.get("desiredNumberScheduled") or 0)
-    updated = int(status.get("updatedNumberScheduled") or 0)
-    available = int(status.get("numberAvailable") or 0)
-    if observed < generation:
-        return False, f"generation {generation} not yet observed by the controller (observed {observed})"
-    done = updated == desired and available == desired
-    return done, f"{updated} of {desired} pods updated, {available} available"
-
-
-def wait_daemonset_rollout(
-    client: Any,
-    namespace: str,
-    name: str,
-    timeout: float,
-    interval: float = 2.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """Poll until the DaemonSet has rolled out (as ``kubectl rollout status`` decides); the last object.
-
-    An ``OnDelete`` DaemonSet is refused at once: its pods are never replaced by a template change.
-    """
-    path = daemonset_path(namespace, name)
-    deadline = clock() + timeout
-    while True:
-        daemonset = client.get(path)
-        if update_strategy(daemonset) == "OnDelete":
-            raise KubeAPIError(
-                f"DaemonSet {namespace}/{name} uses the OnDelete update strategy: its pods are not replaced "
-                "by a rollout restart; delete them to restart them"
-            )
-        done, progress = daemonset_progress(daemonset)
-        if done:
-            return daemonset
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise KubeAPIError(f"timed out after {timeout:g}s waiting for DaemonSet {namespace}/{name}: {progress}")
-        sleep(min(interval, remaining))

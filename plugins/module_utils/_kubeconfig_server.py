@@ -6,6 +6,8 @@
 
 """The ``server`` of a kubeconfig file on a node: inspect, plan, verify with the file's own credentials, write.
 
+Kept whole though a little over 500 lines: every part below serves only the kubeconfig_server module's one run.
+
 - ``inspect`` checks that a text is a kubeconfig whose current context names a cluster with a server;
 - ``plan_present`` / ``plan_absent`` decide from the texts alone (pure);
 - ``review`` asks the apiserver who the credentials are (a SelfSubjectReview, allowed to any authenticated
@@ -14,7 +16,7 @@
   the original), replaced in part by the module with AnsibleModule's own helpers;
 - ``run`` is the module's whole run: validate, read, plan, verify, then write (never in check mode).
 
-The text edit itself is the line-exact one of ``_cluster_endpoint.set_server``: only the characters of the
+The text edit itself is the line-exact one of ``_configmap_server.set_server``: only the characters of the
 server value of the current context's cluster change, and the result is parsed again and checked.
 """
 
@@ -28,12 +30,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint_input import (
     ClusterEndpointError,
-    kubeconfig_server,
     normalize_server,
-    set_server,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._configmap_server import kubeconfig_server, set_server
 from ansible_collections.kubeha.apiserver.plugins.module_utils._files import (
     adopt_marker,
     atomic_write,
@@ -422,6 +423,11 @@ def run(
     path = params.get("path")
     if not path or not isinstance(path, str):
         raise KubeconfigServerError("path is required: the kubeconfig file to change")
+    if params.get("verify_always") and params.get("verify", True) is False:
+        raise KubeconfigServerError("verify_always needs verify=true")
+    timeout = params.get("timeout")
+    if timeout is not None and timeout < 1:
+        raise KubeconfigServerError(f"timeout must be 1 or more seconds, not {timeout}")
     raw_server = params.get("server")
     if state == "present" and raw_server is None:
         raise KubeconfigServerError("server is required with state=present")

@@ -8,44 +8,48 @@
 
 kubeadm keeps kube-proxy's configuration as YAML text under the ``config.conf`` key of the
 ``kube-system/kube-proxy`` ConfigMap. Only the ``excludeCIDRs`` value under ``ipvs:`` is edited, line by
-line, so every other line of that text stays byte-for-byte as it was; the result is re-parsed and must
-equal the intended configuration. Everything except ``run`` is pure logic.
+line with the collection's one in-place editor (``_yaml_in_place``), so every other line of that text stays
+byte-for-byte as it was; the result is re-parsed and must equal the intended configuration. Everything except
+``run`` is pure logic.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
-import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
-    KubeAPIError,
-    daemonset_path,
+from ansible_collections.kubeha.apiserver.plugins.module_utils._daemonset_restart import (
     daemonset_restart_due,
-    import_yaml,
-    object_path,
     record_running_configuration,
     restarted_for,
     rollout_restart,
     update_strategy,
-    update_with_retry,
     wait_daemonset_rollout,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
+    KubeAPIError,
+    daemonset_path,
+    import_yaml,
+    object_path,
+    update_with_retry,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._yaml_in_place import (
+    EditMismatchError,
+    EditNotValidError,
+    ListStyle,
+    plain_or_quoted,
+    reported_as,
+    set_block_list,
+    verified,
 )
 
 KIND = "KubeProxyConfiguration"
 API_GROUP = "kubeproxy.config.k8s.io"
 EXCLUDE_KEY = "excludeCIDRs"
 STATES = ("present", "absent")
-
-_LINE_BREAK = re.compile(r"(\r\n|\n|\r)")
-_IPVS_KEY = re.compile(r"ipvs[ \t]*:(?=[ \t]|$)(?P<value>.*)$")
-_EXCLUDE_KEY = re.compile(EXCLUDE_KEY + r"[ \t]*:(?=[ \t]|$)(?P<value>.*)$")
-_COMMENT = re.compile(r"(?:^|[ \t]+)#.*$")
-_NULLS = ("", "null", "Null", "NULL", "~")
 
 
 class KubeProxyConfigError(Exception):
@@ -171,131 +175,17 @@ def plan_exclude(config: Mapping[str, Any], cidrs: Iterable[str], state: str) ->
 
 
 # --------------------------------------------------------------------------------------------------
-# Rendering: a line-based edit of the ipvs block
+# Rendering: an in-place edit of the ipvs block
 # --------------------------------------------------------------------------------------------------
 
-
-def _split_lines(text: str) -> list[tuple[str, str]]:
-    """``(content, line break)`` pairs; the last line's break is ``""`` when the text does not end with one."""
-    pieces = _LINE_BREAK.split(text)
-    lines = [(pieces[i], pieces[i + 1] if i + 1 < len(pieces) else "") for i in range(0, len(pieces), 2)]
-    if lines and lines[-1] == ("", ""):
-        lines.pop()
-    return lines
-
-
-def _indent(content: str) -> int:
-    return len(content) - len(content.lstrip(" "))
-
-
-def _is_trivia(content: str) -> bool:
-    stripped = content.strip()
-    return not stripped or stripped.startswith("#")
-
-
-def _split_comment(value: str) -> tuple[str, str]:
-    """``(" null", "  # why")`` for the text after a key's colon."""
-    match = _COMMENT.search(value)
-    if match is None:
-        return value.strip(), ""
-    return value[: match.start()].strip(), value[match.start() :]
-
-
-def _scalar(value: Any) -> str:
-    """A plain YAML scalar when it reads back as the same string, else a double-quoted one."""
-    text = str(value)
-    yaml = import_yaml()
-    try:
-        if yaml.safe_load(f"- {text}") == [text]:
-            return text
-    except yaml.YAMLError:
-        pass
-    return json.dumps(text)
-
-
-def _exclude_lines(indent: int, item_indent: int, values: list[Any], comment: str) -> list[str]:
-    pad = " " * indent
-    if not values:
-        return [f"{pad}{EXCLUDE_KEY}: null{comment}"]
-    return [f"{pad}{EXCLUDE_KEY}:{comment}"] + [f"{' ' * item_indent}- {_scalar(v)}" for v in values]
-
-
-def _splice(lines: list[tuple[str, str]], start: int, end: int, new: list[str], eol: str) -> str:
-    """Replace lines ``start``..``end - 1`` with ``new``; the last new line keeps the break of line ``end - 1``."""
-    last_break = lines[end - 1][1] if end > start else eol
-    replacement = [(content, eol) for content in new[:-1]] + [(new[-1], last_break)]
-    edited = lines[:start] + replacement + lines[end:]
-    return "".join(content + brk for content, brk in edited)
+# As kubeadm writes it: an empty list is ``excludeCIDRs: null``; a missing ipvs block comes last.
+KUBEADM_STYLE = ListStyle(empty="null", inline=True, parent_first=False)
+_scalar = plain_or_quoted  # the spelling of one entry
 
 
 def _edit(text: str, new_excludes: list[Any]) -> str:
-    lines = _split_lines(text)
-    eol = next((brk for _content, brk in lines if brk), "\n")
-    tops = [i for i, (content, _brk) in enumerate(lines) if _IPVS_KEY.match(content)]
-    if len(tops) > 1:
-        raise KubeProxyConfigError("the configuration has more than one top-level ipvs key")
-
-    if not tops:
-        if not new_excludes:
-            return text
-        block = ["ipvs:", *_exclude_lines(2, 2, new_excludes, "")]
-        if not lines:
-            return eol.join(block) + eol
-        # After the last line, keeping the text's own convention for a final line break.
-        return _splice(lines, len(lines) - 1, len(lines), [lines[-1][0], *block], eol)
-
-    top = tops[0]
-    match = _IPVS_KEY.match(lines[top][0])
-    inline, comment = _split_comment(match.group("value") if match else "")
-    if inline not in _NULLS and inline != "{}":
-        raise KubeProxyConfigError(
-            f"ipvs is written inline ({inline}), which cannot be edited line by line: write it as a block mapping"
-        )
-    end = top + 1
-    while end < len(lines) and (_is_trivia(lines[end][0]) or _indent(lines[end][0]) > 0):
-        end += 1
-    children = [i for i in range(top + 1, end) if not _is_trivia(lines[i][0])]
-
-    if inline or not children:  # "ipvs: null", "ipvs: {}" or a bare "ipvs:" with nothing under it
-        if not new_excludes:
-            return text
-        return _splice(lines, top, top + 1, [f"ipvs:{comment}", *_exclude_lines(2, 2, new_excludes, "")], eol)
-
-    child_indent = _indent(lines[children[0]][0])
-    key_line = next(
-        (
-            i
-            for i in children
-            if _indent(lines[i][0]) == child_indent and _EXCLUDE_KEY.match(lines[i][0][child_indent:])
-        ),
-        None,
-    )
-    if key_line is None:
-        if not new_excludes:
-            return text
-        # kubeadm sorts the keys, and excludeCIDRs sorts first among ipvs's keys.
-        new = [lines[top][0], *_exclude_lines(child_indent, child_indent, new_excludes, "")]
-        return _splice(lines, top, top + 1, new, eol)
-
-    key_match = _EXCLUDE_KEY.match(lines[key_line][0][child_indent:])
-    value, comment = _split_comment(key_match.group("value") if key_match else "")
-    stop = key_line + 1
-    item_indent = child_indent
-    if not value:  # a block sequence follows (possibly empty, which YAML reads as null)
-        seen_item = False
-        while stop < end:
-            content = lines[stop][0]
-            if not _is_trivia(content):
-                indent = _indent(content)
-                is_item = content[indent:].startswith("-") and content[indent + 1 : indent + 2] in ("", " ")
-                if not (indent > child_indent or (indent == child_indent and is_item)):
-                    break
-                if is_item and not seen_item:
-                    item_indent, seen_item = indent, True
-            stop += 1
-        while stop - 1 > key_line and _is_trivia(lines[stop - 1][0]):
-            stop -= 1  # comments and blank lines after the list stay
-    return _splice(lines, key_line, stop, _exclude_lines(child_indent, item_indent, new_excludes, comment), eol)
+    with reported_as(KubeProxyConfigError):
+        return set_block_list(text, "ipvs", EXCLUDE_KEY, new_excludes, KUBEADM_STYLE)
 
 
 def render_config(original_text: str, config: Mapping[str, Any], new_excludes: list[Any]) -> str:
@@ -311,15 +201,16 @@ def render_config(original_text: str, config: Mapping[str, Any], new_excludes: l
         ipvs[EXCLUDE_KEY] = list(new_excludes) or None
         expected["ipvs"] = ipvs
     try:
-        reparsed = parse_config(new_text)
-    except KubeProxyConfigError as exc:
-        raise KubeProxyConfigError(f"editing ipvs.{EXCLUDE_KEY} in place produced an invalid text: {exc}") from exc
-    if reparsed != expected:
+        return verified(new_text, expected)
+    except EditNotValidError as exc:
+        raise KubeProxyConfigError(
+            f"editing ipvs.{EXCLUDE_KEY} in place produced an invalid text: the configuration is not valid YAML: {exc}"
+        ) from exc
+    except EditMismatchError as exc:
         raise KubeProxyConfigError(
             f"editing ipvs.{EXCLUDE_KEY} in place did not give the intended configuration; the text is laid out "
             "in a way this module does not handle: set the value by hand"
-        )
-    return new_text
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 
 ``HealthTracker`` turns probe results (``_probe``) into up/down states with rise/fall hysteresis, except that a
 refused connection takes a backend down at once: nothing listens there any more. ``decide`` turns the states into
-weights per address family, and ``desired_service`` into the IPVS virtual server of ``_ipvs``; haproxy's
+weights per address family, and ``desired_service`` into the IPVS virtual server of ``_ipvs_model``; haproxy's
 equivalent is ``_haproxy_config``.
 
 Only the standard library is used, and nothing here imports ``ansible``: the guard runs these files on nodes as
@@ -27,7 +27,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import 
     format_endpoint,
     split_endpoint,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import RealServer, Service
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import RealServer, Service
 
 UP = "up"
 DOWN = "down"

@@ -125,7 +125,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._converge import 
     wait_vip_ready,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardError, load_config  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import IPVSError  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import IPVSError  # noqa: E402
 
 
 def main() -> None:

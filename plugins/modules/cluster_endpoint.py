@@ -34,12 +34,11 @@ description:
   - Every target is read and planned before anything is written, so a missing or unreadable object fails the
     task with nothing changed. Each ConfigMap is updated with its C(resourceVersion) (optimistic concurrency)
     and the update is retried from a fresh read when someone else changed it in between.
-  - Talks to the apiserver with the Python standard library and PyYAML, using the credentials of a kubeconfig
-    file (a client certificate or a bearer token).
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
   - kubeha.apiserver.attributes
+  - kubeha.apiserver.kubeconfig_connection
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
@@ -67,12 +66,16 @@ notes:
   - kube-proxy reads its kubeconfig when it starts, so it uses the new server from its next restart on.
   - C(kubeadm upgrade apply) rewrites the C(kube-system/kube-proxy) ConfigMap from C(controlPlaneEndpoint); run
     this module again after an upgrade.
+  - C(kubernetes.core.k8s) can write these ConfigMaps too, as whole values, with the Kubernetes Python client where
+    it runs. This module changes only the characters of the server and the lines of C(certSANs), keeps the server
+    it replaced so that O(state=absent) restores it, and checks cluster-info's bootstrap signatures.
+    Its kube-proxy restart is the C(kubectl rollout restart) patch of the pod template, which a C(kubernetes.core.k8s)
+    task can make too; this module makes it only when kube-proxy's pods run another ConfigMap than the one there now,
+    which also completes a restart that a failed run left undone. Prefer C(kubernetes.core.k8s) for other objects, or
+    to restart a workload whatever its configuration, from a controller that has the Kubernetes Python client.
   - Changing C(certSANs) in kubeadm-config does not reissue any certificate; the certificates on the masters
     must be reissued (for example C(kubeadm init phase certs apiserver) with the same configuration) for
     clients to accept the endpoint. The module warns when the server's host is not among the SANs.
-  - Proxy variables of the environment (C(HTTPS_PROXY)) are ignored; the apiserver is reached directly.
-    Kubeconfig credential plugins (C(exec), C(auth-provider)), C(proxy-url) and C(tls-server-name) are not
-    supported.
 seealso:
   - module: kubeha.apiserver.kubeproxy_exclude_cidr
   - module: kubeha.apiserver.apiserver_proxy
@@ -145,12 +148,6 @@ options:
         the tokens whose signature is still out of date.
     type: int
     default: 120
-  kubeconfig:
-    description:
-      - Kubeconfig file whose current context is used to reach the apiserver. Certificates, keys and token files
-        may be inline (C(*-data)) or file paths, relative to the kubeconfig's directory.
-    type: path
-    default: /etc/kubernetes/admin.conf
 """
 
 EXAMPLES = r"""
@@ -271,20 +268,17 @@ objects:
         message: ""
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint import (  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint import run  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint_input import (  # noqa: E402
     TARGETS,
-    AfterChangeError,
     ClusterEndpointError,
-    run,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
-    KUBECONFIG_SECURITY_SPEC,
-    KubeAPIError,
-    KubeClient,
-    MissingLibraryError,
-    load_kubeconfig,
+    KUBECONFIG_CONNECTION_SPEC,
+    client_factory,
+    connect,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._module_runner import run_module  # noqa: E402
 
 ARGUMENT_SPEC = {
     "server": {"type": "str"},
@@ -295,42 +289,19 @@ ARGUMENT_SPEC = {
     "wait_signed": {"type": "bool", "default": False},
     "restart_kube_proxy": {"type": "str", "default": ""},
     "timeout": {"type": "int", "default": 120},
-    "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
-    **KUBECONFIG_SECURITY_SPEC,
+    **KUBECONFIG_CONNECTION_SPEC,
 }
 
-
-def make_client(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
-    """The apiserver client (replaced by a fake in unit tests)."""
-    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
+make_client = connect  # the apiserver client from the connection options; unit tests replace it
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
+    run_module(
+        ARGUMENT_SPEC,
+        lambda module: run(module.params, client_factory(module.params, make_client), module.check_mode),
+        ClusterEndpointError,
         required_if=[("state", "present", ["server"])],
-        supports_check_mode=True,
     )
-    try:
-        outcome = run(
-            module.params,
-            lambda: make_client(module.params["kubeconfig"], module.params["allow_insecure"]),
-            module.check_mode,
-        )
-    except MissingLibraryError as exc:
-        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
-    except AfterChangeError as exc:
-        for warning in exc.outcome.warnings:
-            module.warn(warning)
-        module.fail_json(msg=str(exc), diff=exc.outcome.diff, **exc.outcome.result())
-    except (KubeAPIError, ClusterEndpointError) as exc:
-        module.fail_json(msg=str(exc))
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.result()
-    if module._diff:
-        result["diff"] = outcome.diff
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ description:
     processes (static pods or systemd units) and from kubeadm's static-pod manifests."
   - A source that is absent (no kubeadm-config on a cluster kubeadm did not make, no manifests on a binary install)
     is skipped; a value in a source that is not a CIDR is left out with a warning naming it.
-  - Talks to the apiserver with the Python standard library and PyYAML, using the credentials of a kubeconfig
-    file (a client certificate or a bearer token). Reads only.
+  - Reads only.
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
   - kubeha.apiserver.attributes
+  - kubeha.apiserver.kubeconfig_connection
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
@@ -39,11 +39,6 @@ notes:
   - Runs on a control-plane node, where O(kubeconfig) and the control plane's processes are; reading them needs
     C(become).
 options:
-  kubeconfig:
-    description:
-      - Kubeconfig file whose current context is used to read kubeadm-config and the Nodes.
-    type: path
-    default: /etc/kubernetes/admin.conf
   manifest_dir:
     description:
       - Directory of kubeadm's static-pod manifests.
@@ -98,40 +93,29 @@ found:
       source: "kube-apiserver --service-cluster-ip-range (/etc/kubernetes/manifests/kube-apiserver.yaml)"
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_networks import read  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_networks import ClusterNetworksError, run  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
-    KUBECONFIG_SECURITY_SPEC,
-    KubeAPIError,
-    KubeClient,
-    MissingLibraryError,
-    load_kubeconfig,
+    KUBECONFIG_CONNECTION_SPEC,
+    client_factory,
+    connect,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._module_runner import run_module  # noqa: E402
 
 ARGUMENT_SPEC = {
-    "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
     "manifest_dir": {"type": "path", "default": "/etc/kubernetes/manifests"},
-    **KUBECONFIG_SECURITY_SPEC,
+    **KUBECONFIG_CONNECTION_SPEC,
 }
 
-
-def make_client(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
-    """The apiserver client (replaced by a fake in unit tests)."""
-    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
+make_client = connect  # the apiserver client from the connection options; unit tests replace it
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    p = module.params
-    try:
-        reading = read(make_client(p["kubeconfig"], p["allow_insecure"]), p["manifest_dir"])
-    except MissingLibraryError as exc:
-        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
-    except KubeAPIError as exc:
-        module.fail_json(msg=f"cannot read the cluster's service and pod ranges: {exc}")
-    for warning in reading.warnings:
-        module.warn(warning)
-    module.exit_json(changed=False, **reading.result())
+    run_module(
+        ARGUMENT_SPEC,
+        lambda module: run(module.params, client_factory(module.params, make_client)),
+        ClusterNetworksError,
+        diff=False,
+    )
 
 
 if __name__ == "__main__":

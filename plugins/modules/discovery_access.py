@@ -29,12 +29,11 @@ description:
     read them, a missing namespace or an object of that name not managed by this module (with O(state=absent))
     fail the task with nothing changed. Updates use the object's C(resourceVersion) and are retried from a fresh
     read when someone else changed it in between.
-  - Talks to the apiserver with the Python standard library and PyYAML, using the credentials of a kubeconfig
-    file (a client certificate or a bearer token).
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
   - kubeha.apiserver.attributes
+  - kubeha.apiserver.kubeconfig_connection
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
@@ -55,9 +54,12 @@ notes:
   - The kubeconfig's user needs C(get), C(create), C(update) and C(delete) on C(roles) and C(rolebindings) in
     O(namespace), and, to grant what it does not hold itself, the C(escalate) and C(bind) verbs; the
     C(cluster-admin) role of C(/etc/kubernetes/admin.conf) on a kubeadm cluster has all of them.
-  - Proxy variables of the environment (C(HTTPS_PROXY)) are ignored; the apiserver is reached directly.
-    Kubeconfig credential plugins (C(exec), C(auth-provider)), C(proxy-url) and C(tls-server-name) are not
-    supported.
+  - C(kubernetes.core.k8s) creates and updates a Role and a RoleBinding too, from their definitions, with the
+    Kubernetes Python client where it runs. This module also refuses subjects that stand for everyone, compares only
+    the fields it owns (a second run changes nothing), deletes and creates again a RoleBinding whose roleRef differs
+    (the apiserver refuses to change a roleRef, so an update of such a binding fails), and with O(state=absent)
+    deletes only the objects it labelled. Prefer C(kubernetes.core.k8s) for other RBAC objects, or where the grant is
+    kept with the cluster's other manifests.
 seealso:
   - name: Using RBAC Authorization
     description: Roles, RoleBindings and why a roleRef cannot change.
@@ -114,12 +116,6 @@ options:
         description:
           - The namespace of a V(ServiceAccount); when left out, O(namespace). Refused for V(User) and V(Group).
         type: str
-  kubeconfig:
-    description:
-      - Kubeconfig file whose current context is used. Certificates, keys and token files may be inline
-        (C(*-data)) or file paths, relative to the kubeconfig's directory.
-    type: path
-    default: /etc/kubernetes/admin.conf
 """
 
 EXAMPLES = r"""
@@ -262,23 +258,20 @@ role_binding:
         - {kind: Group, apiGroup: rbac.authorization.k8s.io, name: "system:nodes"}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_access import (  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_access import run  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_subjects import (  # noqa: E402
     DEFAULT_NAME,
     DEFAULT_NAMESPACE,
     DEFAULT_SUBJECTS,
     SUBJECT_KINDS,
-    AfterChangeError,
     DiscoveryAccessError,
-    run,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
-    KUBECONFIG_SECURITY_SPEC,
-    KubeAPIError,
-    KubeClient,
-    MissingLibraryError,
-    load_kubeconfig,
+    KUBECONFIG_CONNECTION_SPEC,
+    client_factory,
+    connect,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._module_runner import run_module  # noqa: E402
 
 ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
@@ -294,38 +287,18 @@ ARGUMENT_SPEC = {
             "namespace": {"type": "str"},
         },
     },
-    "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
-    **KUBECONFIG_SECURITY_SPEC,
+    **KUBECONFIG_CONNECTION_SPEC,
 }
 
-
-def make_client(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
-    """The apiserver client (replaced by a fake in unit tests)."""
-    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
+make_client = connect  # the apiserver client from the connection options; unit tests replace it
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        outcome = run(
-            module.params,
-            lambda: make_client(module.params["kubeconfig"], module.params["allow_insecure"]),
-            module.check_mode,
-        )
-    except MissingLibraryError as exc:
-        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
-    except AfterChangeError as exc:
-        for warning in exc.outcome.warnings:
-            module.warn(warning)
-        module.fail_json(msg=str(exc), diff=exc.outcome.diff, **exc.outcome.result())
-    except (KubeAPIError, DiscoveryAccessError) as exc:
-        module.fail_json(msg=str(exc))
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.result()
-    if module._diff:
-        result["diff"] = outcome.diff
-    module.exit_json(**result)
+    run_module(
+        ARGUMENT_SPEC,
+        lambda module: run(module.params, client_factory(module.params, make_client), module.check_mode),
+        DiscoveryAccessError,
+    )
 
 
 if __name__ == "__main__":

@@ -230,11 +230,11 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (  # noqa: E402
-    IPVSError,
     MissingLibraryError,
     PyRoute2IPVS,
     ensure,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import IPVSError  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._virtual_service import (  # noqa: E402
     DESTINATION_SPEC,
     VIRTUAL_SERVICE_SPEC,

@@ -102,13 +102,8 @@ fingerprint:
   sample: SHA256:3F:0A:...
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._client_cert import (  # noqa: E402
-    ClientCertError,
-    apply,
-    plan,
-)
-from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import MissingLibraryError  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._client_cert import ClientCertError, run  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._module_runner import run_module  # noqa: E402
 
 ARGUMENT_SPEC = {
     "kubeconfig": {"type": "path", "required": True},
@@ -118,22 +113,12 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        planned = plan(params["kubeconfig"], params["dest"], params["context"])
-        if not module.check_mode:
-            apply(planned)
-    except MissingLibraryError as exc:
-        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
-    except ClientCertError as exc:
-        module.fail_json(msg=str(exc), kubeconfig=params["kubeconfig"])
-    except OSError as exc:
-        module.fail_json(msg=f"cannot write {params['dest']}: {exc.strerror or exc}", kubeconfig=params["kubeconfig"])
-    result = planned.result()
-    if module._diff:
-        result["diff"] = planned.diff()
-    module.exit_json(**result)
+    run_module(
+        ARGUMENT_SPEC,
+        lambda module: run(module.params, module.check_mode),
+        ClientCertError,
+        context=("kubeconfig",),
+    )
 
 
 if __name__ == "__main__":

@@ -213,18 +213,19 @@ original_file:
   sample: /etc/kubernetes/kubelet.conf.kubeha-orig
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
     KUBECONFIG_SECURITY_SPEC,
     KubeClient,
-    MissingLibraryError,
     load_kubeconfig,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig_server import (  # noqa: E402
     Files,
     KubeconfigServerError,
+    Outcome,
     run,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._module_runner import run_module  # noqa: E402
 
 ARGUMENT_SPEC = {
     "path": {"type": "path", "required": True},
@@ -257,34 +258,25 @@ def make_client(path: str, server: str, timeout: int, allow_insecure: bool = Fal
     return KubeClient(load_kubeconfig(path, allow_insecure=allow_insecure), timeout=timeout, server_override=server)
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_if=[("state", "present", ["server"])],
-        supports_check_mode=True,
+def switch(module: AnsibleModule) -> Outcome:
+    """The run, with this file's client (the kubeconfig's own credentials sent to the server to verify)."""
+    p = module.params
+    return run(
+        p,
+        lambda path, server: make_client(path, server, p["timeout"], p["allow_insecure"]),
+        module.check_mode,
+        ModuleFiles(module),
     )
-    params = module.params
-    if params["verify_always"] and not params["verify"]:
-        module.fail_json(msg="verify_always needs verify=true", path=params["path"])
-    if params["timeout"] < 1:
-        module.fail_json(msg=f"timeout must be 1 or more seconds, not {params['timeout']}", path=params["path"])
-    try:
-        outcome = run(
-            params,
-            lambda path, server: make_client(path, server, params["timeout"], params["allow_insecure"]),
-            module.check_mode,
-            ModuleFiles(module),
-        )
-    except MissingLibraryError as exc:
-        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback, path=params["path"])
-    except KubeconfigServerError as exc:
-        module.fail_json(msg=str(exc), path=params["path"])
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.result()
-    if module._diff:
-        result["diff"] = outcome.diff
-    module.exit_json(**result)
+
+
+def main() -> None:
+    run_module(
+        ARGUMENT_SPEC,
+        switch,
+        KubeconfigServerError,
+        required_if=[("state", "present", ["server"])],
+        context=("path",),
+    )
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ description:
   - Existing entries are kept in their order and spelling; new ones are appended in canonical form. Entries
     are compared as networks, so V(fd00::1/128) and V(FD00:0:0::1/128) are the same entry, but an address
     inside a wider listed CIDR is still added as its own entry.
-  - Talks to the apiserver with the Python standard library and PyYAML, using the credentials of a
-    kubeconfig file (a client certificate or a bearer token).
 author:
   - kubeha.apiserver developers (!UNKNOWN)
 extends_documentation_fragment:
   - kubeha.apiserver.attributes
+  - kubeha.apiserver.kubeconfig_connection
   - kubeha.apiserver.kubeconfig_security
 requirements:
   - PyYAML
@@ -51,9 +50,11 @@ notes:
     C(kubeha.apiserver/restarted-for-configmap), recorded before a change), so a run that changed the ConfigMap
     and died before the restart is completed by the next run. A DaemonSet without that annotation is taken to
     run the ConfigMap as it is.
-  - Proxy variables of the environment (C(HTTPS_PROXY)) are ignored; the apiserver is reached directly.
-    Kubeconfig credential plugins (C(exec), C(auth-provider)), C(proxy-url) and C(tls-server-name) are not
-    supported.
+  - The restart is the C(kubectl rollout restart) patch of the pod template, which a C(kubernetes.core.k8s) task
+    can make too (and wait for, with its C(wait)), with the Kubernetes Python client where it runs. This module
+    makes it only when kube-proxy's pods run another ConfigMap than the one there now, which also completes a
+    restart that a failed run left undone, and refuses an C(OnDelete) DaemonSet when waiting. Prefer
+    C(kubernetes.core.k8s) to restart kube-proxy whatever its configuration, or for other objects.
 options:
   cidrs:
     description:
@@ -71,12 +72,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  kubeconfig:
-    description:
-      - Kubeconfig file whose current context is used. Certificates, keys and token files may be inline
-        (C(*-data)) or file paths, relative to the kubeconfig's directory.
-    type: path
-    default: /etc/kubernetes/admin.conf
   namespace:
     description:
       - Namespace of the ConfigMap and of the DaemonSet.
@@ -172,24 +167,17 @@ restarted:
   sample: false
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (  # noqa: E402
-    KUBECONFIG_SECURITY_SPEC,
-    KubeAPIError,
-    KubeClient,
-    MissingLibraryError,
-    load_kubeconfig,
+    KUBECONFIG_CONNECTION_SPEC,
+    client_factory,
+    connect,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeproxy import (  # noqa: E402
-    KubeProxyConfigError,
-    RestartError,
-    run,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeproxy import KubeProxyConfigError, run  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._module_runner import run_module  # noqa: E402
 
 ARGUMENT_SPEC = {
     "cidrs": {"type": "list", "elements": "str", "required": True},
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-    "kubeconfig": {"type": "path", "default": "/etc/kubernetes/admin.conf"},
     "namespace": {"type": "str", "default": "kube-system"},
     "configmap": {"type": "str", "default": "kube-proxy"},
     "key": {"type": "str", "default": "config.conf", "no_log": False},
@@ -197,37 +185,18 @@ ARGUMENT_SPEC = {
     "daemonset": {"type": "str", "default": "kube-proxy"},
     "wait": {"type": "bool", "default": False},
     "wait_timeout": {"type": "int", "default": 300},
-    **KUBECONFIG_SECURITY_SPEC,
+    **KUBECONFIG_CONNECTION_SPEC,
 }
 
-
-def make_client(kubeconfig: str, allow_insecure: bool = False) -> KubeClient:
-    """The apiserver client (replaced by a fake in unit tests)."""
-    return KubeClient(load_kubeconfig(kubeconfig, allow_insecure=allow_insecure))
+make_client = connect  # the apiserver client from the connection options; unit tests replace it
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        outcome = run(
-            module.params,
-            lambda: make_client(module.params["kubeconfig"], module.params["allow_insecure"]),
-            module.check_mode,
-        )
-    except MissingLibraryError as exc:
-        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_traceback)
-    except RestartError as exc:
-        for warning in exc.outcome.warnings:
-            module.warn(warning)
-        module.fail_json(msg=str(exc), diff=exc.outcome.diff, **exc.outcome.result())
-    except (KubeAPIError, KubeProxyConfigError) as exc:
-        module.fail_json(msg=str(exc))
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.result()
-    if module._diff:
-        result["diff"] = outcome.diff
-    module.exit_json(**result)
+    run_module(
+        ARGUMENT_SPEC,
+        lambda module: run(module.params, client_factory(module.params, make_client), module.check_mode),
+        KubeProxyConfigError,
+    )
 
 
 if __name__ == "__main__":

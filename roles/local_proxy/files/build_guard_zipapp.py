@@ -1,9 +1,9 @@
-"""Build the guard as one file: a zipapp of the module_utils _guard_daemon.py imports, run on the controller.
+"""Build the guard as one file: a zipapp of the module_utils _guard_cli.py imports, run on the controller.
 
     python build_guard_zipapp.py MODULE_UTILS_DIR [OUT_DIR]
 
 Prints the path of the zipapp it wrote (OUT_DIR, default the system's temporary directory), named after a hash of
-its content. The members are found by following _guard_daemon.py's imports of the collection's module_utils (no list to
+its content. The members are found by following _guard_cli.py's imports of the collection's module_utils (no list to
 keep in step) and are written in sorted order with a fixed timestamp, so the same code always gives the same bytes:
 the role's copy task changes nothing, and restarts no guard, until the code changes. Nodes run it with
 `python kubeha-apiserver-guard.pyz --config ...`; its modules stay importable by their collection name.
@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 PACKAGE = "ansible_collections.kubeha.apiserver.plugins.module_utils"
-ENTRY = "_guard_daemon"
+ENTRY = "_guard_cli"  # the guard's command line: its main() is the zipapp's __main__
 # The zip format's earliest date: a fixed timestamp keeps the bytes the same from one build to the next.
 EPOCH = (1980, 1, 1, 0, 0, 0)
 MAIN = f"import sys\n\nfrom {PACKAGE}.{ENTRY} import main\n\nsys.exit(main())\n"

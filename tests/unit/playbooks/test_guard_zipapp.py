@@ -1,5 +1,5 @@
 """roles/local_proxy/files/build_guard_zipapp.py: the guard shipped as one file. The same code gives the same bytes
-(so the role's copy changes nothing and restarts no guard), the members follow _guard_daemon.py's imports, the file runs
+(so the role's copy changes nothing and restarts no guard), the members follow _guard_cli.py's imports, the file runs
 as the guard's command line with nothing else on the path, and a missing module stops the build naming it."""
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         "_datapath.py",
         "_datapath_haproxy.py",
         "_datapath_ipvs.py",
+        "_datapath_modes.py",
         "_datapath_nftables.py",
         "_endpoint.py",
         "_files.py",
+        "_guard_cli.py",
         "_guard_config.py",
         "_guard_daemon.py",
         "_guard_discovery.py",
@@ -71,6 +73,7 @@ def test_the_members_are_what_the_guard_imports(builder, tmp_path):
         "_guard_state.py",
         "_haproxy_config.py",
         "_ipvs.py",
+        "_ipvs_model.py",
         "_kernel.py",
         "_kubeapi.py",
         "_kubeconfig.py",

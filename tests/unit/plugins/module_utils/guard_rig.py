@@ -3,7 +3,7 @@
 
 """A guard wired to fakes, shared by the guard's unit tests (each defines its ``rig`` fixture with ``rigs``).
 
-The kernel and the commands are replaced by fakes: an in-memory IPVS adapter (it applies ``_ipvs`` actions with
+The kernel and the commands are replaced by fakes: an in-memory IPVS adapter (it applies ``_ipvs_model`` actions with
 ``simulate``), a runner recording the command lines, a scripted prober, and /proc, /proc/sys and /sys trees under
 a test's ``tmp_path``.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs import IPVSDataPath
+from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_modes import make_data_path
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import parse_config
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard, make_data_path
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, IPVSError, Service, simulate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import Action, IPVSError, Service, simulate
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths, remove_interface
 from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult
@@ -49,7 +50,7 @@ garbage line
 
 
 class FakeIPVS:
-    """The kernel's IPVS table in memory; actions are applied with _ipvs.simulate."""
+    """The kernel's IPVS table in memory; actions are applied with _ipvs_model.simulate."""
 
     def __init__(self) -> None:
         self.services: dict[tuple[str, int, str], Service] = {}

@@ -1,7 +1,8 @@
 # Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Pure logic of module_utils/_cluster_endpoint: validation, the in-place edits, plans and signatures."""
+"""Pure logic of cluster_endpoint's module_utils (_cluster_endpoint_input, _configmap_server, _kubeadm_cert_sans,
+_bootstrap_signatures): validation, the in-place edits, plans and signatures."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint as ce
-from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint import (
-    ANNOTATION,
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _bootstrap_signatures as sig
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint_input as inp
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _configmap_server as cms
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _kubeadm_cert_sans as kcs
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint_input import (
     TARGET_SPECS,
     ClusterEndpointError,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._configmap_server import ANNOTATION
 
 # A real cluster-info kubeconfig as `kubeadm init phase bootstrap-token` (v1.36) writes it, and the signature
 # kube-controller-manager's bootstrapsigner computed for it with the token below (taken from a lab cluster:
@@ -117,7 +121,7 @@ def changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
     ],
 )
 def test_normalize_server_accepts(value: str, expected: str) -> None:
-    assert ce.normalize_server(value) == expected
+    assert inp.normalize_server(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -146,23 +150,23 @@ def test_normalize_server_accepts(value: str, expected: str) -> None:
 )
 def test_normalize_server_refuses_naming_value_and_reason(value: Any, reason: str) -> None:
     with pytest.raises(ClusterEndpointError) as info:
-        ce.normalize_server(value)
+        inp.normalize_server(value)
     assert reason in str(info.value)
     if isinstance(value, str) and value:
         assert repr(value.strip()) in str(info.value)
 
 
 def test_server_host() -> None:
-    assert ce.server_host("https://[fd6b:6861::1]:6444") == "fd6b:6861::1"
-    assert ce.server_host("https://169.254.100.1:6444") == "169.254.100.1"
-    assert ce.server_host("https://api.example") == "api.example"
+    assert inp.server_host("https://[fd6b:6861::1]:6444") == "fd6b:6861::1"
+    assert inp.server_host("https://169.254.100.1:6444") == "169.254.100.1"
+    assert inp.server_host("https://api.example") == "api.example"
 
 
 def test_normalize_sans() -> None:
     values = ["169.254.100.1", "FD6B:6861:0::1", "Api.Example.com", "*.Example.com", "fd6b:6861::1", "API.example.com"]
-    assert ce.normalize_sans(values) == ["169.254.100.1", "fd6b:6861::1", "api.example.com", "*.example.com"]
-    assert ce.normalize_sans(None) == []
-    assert ce.normalize_sans([]) == []
+    assert inp.normalize_sans(values) == ["169.254.100.1", "fd6b:6861::1", "api.example.com", "*.example.com"]
+    assert inp.normalize_sans(None) == []
+    assert inp.normalize_sans([]) == []
 
 
 @pytest.mark.parametrize(
@@ -181,22 +185,22 @@ def test_normalize_sans() -> None:
 )
 def test_normalize_san_refuses_naming_value_and_reason(value: Any, reason: str) -> None:
     with pytest.raises(ClusterEndpointError) as info:
-        ce.normalize_sans(["10.0.0.1", value])
+        inp.normalize_sans(["10.0.0.1", value])
     assert reason in str(info.value) and repr(value.strip() if isinstance(value, str) else value) in str(info.value)
 
 
 def test_normalize_sans_refuses_a_string() -> None:
     with pytest.raises(ClusterEndpointError, match="must be a list"):
-        ce.normalize_sans("10.0.0.1")
+        inp.normalize_sans("10.0.0.1")
 
 
 def test_normalize_targets() -> None:
-    assert ce.normalize_targets(None) == ["cluster_info", "kubeadm_config", "kube_proxy"]
-    assert ce.normalize_targets(["kube_proxy", "cluster_info"]) == ["cluster_info", "kube_proxy"]
+    assert inp.normalize_targets(None) == ["cluster_info", "kubeadm_config", "kube_proxy"]
+    assert inp.normalize_targets(["kube_proxy", "cluster_info"]) == ["cluster_info", "kube_proxy"]
     with pytest.raises(ClusterEndpointError, match="unknown target 'kubelet'"):
-        ce.normalize_targets(["cluster_info", "kubelet"])
+        inp.normalize_targets(["cluster_info", "kubelet"])
     with pytest.raises(ClusterEndpointError, match="targets is empty"):
-        ce.normalize_targets([])
+        inp.normalize_targets([])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,25 +210,25 @@ def test_normalize_targets() -> None:
 
 @pytest.mark.parametrize("text", [CLUSTER_INFO, KUBE_PROXY_KUBECONFIG])
 def test_set_server_changes_only_the_value_and_goes_back_byte_for_byte(text: str) -> None:
-    edited = ce.set_server(text, VIP)
-    assert ce.kubeconfig_server(edited) == VIP
+    edited = cms.set_server(text, VIP)
+    assert cms.kubeconfig_server(edited) == VIP
     assert changed_lines(text, edited) == (["    server: https://10.88.0.11:6443"], [f"    server: {VIP}"])
     assert edited.endswith("\n") == text.endswith("\n")
-    assert ce.set_server(edited, "https://10.88.0.11:6443") == text
-    assert ce.set_server(text, "https://10.88.0.11:6443") is text
+    assert cms.set_server(edited, "https://10.88.0.11:6443") == text
+    assert cms.set_server(text, "https://10.88.0.11:6443") is text
 
 
 def test_set_server_keeps_the_quoting_and_the_comment() -> None:
     text = 'clusters:\n- cluster:\n    server: "https://10.0.0.1:6443"  # kubeadm\n  name: a\r\n'
-    edited = ce.set_server(text, VIP)
+    edited = cms.set_server(text, VIP)
     assert edited == text.replace('"https://10.0.0.1:6443"', f'"{VIP}"')
     single = "clusters:\n- cluster:\n    server: 'https://10.0.0.1:6443'\n"
-    assert ce.set_server(single, VIP) == single.replace("'https://10.0.0.1:6443'", f"'{VIP}'")
+    assert cms.set_server(single, VIP) == single.replace("'https://10.0.0.1:6443'", f"'{VIP}'")
 
 
 def test_set_server_in_a_flow_mapping_is_verified() -> None:
     text = "clusters:\n- {cluster: {server: https://10.0.0.1:6443}, name: a}\n"
-    edited = ce.set_server(text, "https://[fd6b::1]:6444")
+    edited = cms.set_server(text, "https://[fd6b::1]:6444")
     assert yaml.safe_load(edited)["clusters"][0]["cluster"]["server"] == "https://[fd6b::1]:6444"
     assert edited.replace("https://[fd6b::1]:6444", "X").replace('"X"', "X") == text.replace(
         "https://10.0.0.1:6443", "X"
@@ -244,9 +248,9 @@ contexts:
   name: ctx
 current-context: ctx
 """
-    assert ce.kubeconfig_server(text) == "https://second:6443"
-    assert "https://first:6443" in ce.set_server(text, VIP)
-    assert ce.kubeconfig_server(ce.set_server(text, VIP)) == VIP
+    assert cms.kubeconfig_server(text) == "https://second:6443"
+    assert "https://first:6443" in cms.set_server(text, VIP)
+    assert cms.kubeconfig_server(cms.set_server(text, VIP)) == VIP
 
 
 @pytest.mark.parametrize(
@@ -263,13 +267,13 @@ current-context: ctx
 )
 def test_kubeconfig_server_refuses(text: str, reason: str) -> None:
     with pytest.raises(ClusterEndpointError, match=reason):
-        ce.kubeconfig_server(text, "ConfigMap x/y, key k")
+        cms.kubeconfig_server(text, "ConfigMap x/y, key k")
 
 
 def test_set_server_refuses_an_anchored_value() -> None:
     text = "x: &s https://10.0.0.1:6443\nclusters:\n- cluster:\n    server: *s\n"
     with pytest.raises(ClusterEndpointError, match="does not handle"):
-        ce.set_server(text, VIP)
+        cms.set_server(text, VIP)
 
 
 def configmap(key: str, text: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -282,51 +286,51 @@ def configmap(key: str, text: str, annotations: dict[str, str] | None = None) ->
 def test_plan_server_present_then_absent_is_byte_identical() -> None:
     target = TARGET_SPECS["cluster_info"]
     original = configmap("kubeconfig", CLUSTER_INFO)
-    plan = ce.plan_server(original, target, VIP, "present")
+    plan = cms.plan_server(original, target, VIP, "present")
     assert plan.changed and (plan.before, plan.after) == ("https://10.88.0.11:6443", VIP)
     assert plan.original_after == "https://10.88.0.11:6443"
-    applied = ce.apply_server(dict(original, metadata=dict(original["metadata"])), plan)
+    applied = cms.apply_server(dict(original, metadata=dict(original["metadata"])), plan)
     assert applied["metadata"]["annotations"] == {ANNOTATION: "https://10.88.0.11:6443"}
 
-    again = ce.plan_server(applied, target, VIP, "present")
+    again = cms.plan_server(applied, target, VIP, "present")
     assert not again.changed
 
-    back = ce.plan_server(applied, target, None, "absent")
+    back = cms.plan_server(applied, target, None, "absent")
     assert back.changed and (back.before, back.after, back.original_after) == (VIP, "https://10.88.0.11:6443", None)
-    restored = ce.apply_server(applied, back)
+    restored = cms.apply_server(applied, back)
     assert restored == original
-    assert not ce.plan_server(restored, target, None, "absent").changed
+    assert not cms.plan_server(restored, target, None, "absent").changed
 
 
 def test_plan_server_keeps_the_first_original_when_the_endpoint_moves() -> None:
     target = TARGET_SPECS["kube_proxy"]
     obj = configmap(
-        "kubeconfig.conf", ce.set_server(KUBE_PROXY_KUBECONFIG, VIP), {ANNOTATION: "https://10.88.0.11:6443"}
+        "kubeconfig.conf", cms.set_server(KUBE_PROXY_KUBECONFIG, VIP), {ANNOTATION: "https://10.88.0.11:6443"}
     )
-    plan = ce.plan_server(obj, target, "https://169.254.100.1:7444", "present")
+    plan = cms.plan_server(obj, target, "https://169.254.100.1:7444", "present")
     assert plan.changed and plan.original_after == "https://10.88.0.11:6443"
 
 
 def test_plan_server_already_there_without_annotation_warns() -> None:
     target = TARGET_SPECS["cluster_info"]
-    obj = configmap("kubeconfig", ce.set_server(CLUSTER_INFO, VIP), {"other": "kept"})
-    plan = ce.plan_server(obj, target, VIP, "present")
+    obj = configmap("kubeconfig", cms.set_server(CLUSTER_INFO, VIP), {"other": "kept"})
+    plan = cms.plan_server(obj, target, VIP, "present")
     assert not plan.changed and "state=absent will leave it" in plan.warning
-    absent = ce.plan_server(obj, target, VIP, "absent")
+    absent = cms.plan_server(obj, target, VIP, "absent")
     assert not absent.changed and "left as it is" in absent.warning
 
 
 def test_plan_server_absent_only_drops_the_annotation_when_the_server_is_already_back() -> None:
     target = TARGET_SPECS["cluster_info"]
     obj = configmap("kubeconfig", CLUSTER_INFO, {ANNOTATION: "https://10.88.0.11:6443", "other": "kept"})
-    plan = ce.plan_server(obj, target, None, "absent")
+    plan = cms.plan_server(obj, target, None, "absent")
     assert plan.changed and plan.text_after == CLUSTER_INFO
-    assert ce.apply_server(obj, plan)["metadata"]["annotations"] == {"other": "kept"}
+    assert cms.apply_server(obj, plan)["metadata"]["annotations"] == {"other": "kept"}
 
 
 def test_plan_server_missing_key_names_the_keys() -> None:
     with pytest.raises(ClusterEndpointError, match=r"kube-public/cluster-info has no key 'kubeconfig' \(keys: other\)"):
-        ce.plan_server(configmap("other", ""), TARGET_SPECS["cluster_info"], VIP, "present")
+        cms.plan_server(configmap("other", ""), TARGET_SPECS["cluster_info"], VIP, "present")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,9 +339,9 @@ def test_plan_server_missing_key_names_the_keys() -> None:
 
 
 def sans_edit(text: str, sans: list[str], state: str) -> str:
-    config = ce.parse_cluster_configuration(text)
-    new, _added, _removed = ce.plan_sans(ce.current_sans(config), ce.normalize_sans(sans), state)
-    return ce.render_sans(text, config, new)
+    config = kcs.parse_cluster_configuration(text)
+    new, _added, _removed = kcs.plan_sans(kcs.current_sans(config), inp.normalize_sans(sans), state)
+    return kcs.render_sans(text, config, new)
 
 
 def test_sans_appended_after_the_last_entry_and_removed_exactly() -> None:
@@ -405,6 +409,13 @@ def test_sans_edit_keeps_crlf_and_no_final_newline() -> None:
     assert sans_edit(last, ["b"], "absent") == last[: -len("\n  - b")]
 
 
+def test_sans_edit_keeps_the_comment_of_the_line_it_rewrites() -> None:
+    text = "apiServer:  # kubeadm\n  certSANs: []  # none yet\n" + TAIL
+    added = sans_edit(text, ["169.254.100.1"], "present")
+    assert added == "apiServer:  # kubeadm\n  certSANs:  # none yet\n  - 169.254.100.1\n" + TAIL
+    assert sans_edit(added, ["169.254.100.1"], "absent") == "apiServer: {}  # kubeadm\n" + TAIL
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
@@ -417,7 +428,7 @@ def test_sans_edit_refuses_layouts_it_cannot_edit(text: str, reason: str) -> Non
     text += "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\n"
     config = yaml.safe_load(text)
     with pytest.raises(ClusterEndpointError, match=reason):
-        ce.render_sans(text, config, ["c"])
+        kcs.render_sans(text, config, ["c"])
 
 
 @pytest.mark.parametrize(
@@ -434,20 +445,20 @@ def test_sans_edit_refuses_layouts_it_cannot_edit(text: str, reason: str) -> Non
 )
 def test_parse_cluster_configuration_refuses(text: str, reason: str) -> None:
     with pytest.raises(ClusterEndpointError, match=reason):
-        ce.parse_cluster_configuration(text)
+        kcs.parse_cluster_configuration(text)
 
 
 def test_plan_kubeadm_config_skips_a_cluster_without_kubeadm() -> None:
     target = TARGET_SPECS["kubeadm_config"]
-    missing = ce.plan_kubeadm_config(None, target, ["169.254.100.1"], "present")
+    missing = kcs.plan_kubeadm_config(None, target, ["169.254.100.1"], "present")
     assert missing.skipped and not missing.changed and "does not exist" in missing.message
-    no_key = ce.plan_kubeadm_config({"data": {"ClusterStatus": ""}}, target, ["169.254.100.1"], "present")
+    no_key = kcs.plan_kubeadm_config({"data": {"ClusterStatus": ""}}, target, ["169.254.100.1"], "present")
     assert no_key.skipped and "has no key ClusterConfiguration" in no_key.message
 
 
 def test_plan_kubeadm_config_reports_the_endpoint_and_never_changes_it() -> None:
     target = TARGET_SPECS["kubeadm_config"]
-    plan = ce.plan_kubeadm_config({"data": {target.key: CLUSTER_CONFIGURATION}}, target, ["169.254.100.1"], "present")
+    plan = kcs.plan_kubeadm_config({"data": {target.key: CLUSTER_CONFIGURATION}}, target, ["169.254.100.1"], "present")
     assert plan.control_plane_endpoint == "10.88.0.11:6443"
     assert "controlPlaneEndpoint: 10.88.0.11:6443\n" in plan.text_after
     assert (plan.added, plan.removed) == (["169.254.100.1"], [])
@@ -460,12 +471,12 @@ def test_plan_kubeadm_config_reports_the_endpoint_and_never_changes_it() -> None
 
 
 def test_detached_jws_matches_the_bootstrapsigner() -> None:
-    assert ce.detached_jws(CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET) == LAB_JWS
-    assert ce.signature_valid(LAB_JWS, CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
-    edited = ce.set_server(CLUSTER_INFO, VIP)
-    assert not ce.signature_valid(LAB_JWS, edited, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
-    assert not ce.signature_valid(LAB_JWS, CLUSTER_INFO, LAB_TOKEN_ID, "0" * 16)
-    assert not ce.signature_valid(None, CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
+    assert sig.detached_jws(CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET) == LAB_JWS
+    assert sig.signature_valid(LAB_JWS, CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
+    edited = cms.set_server(CLUSTER_INFO, VIP)
+    assert not sig.signature_valid(LAB_JWS, edited, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
+    assert not sig.signature_valid(LAB_JWS, CLUSTER_INFO, LAB_TOKEN_ID, "0" * 16)
+    assert not sig.signature_valid(None, CLUSTER_INFO, LAB_TOKEN_ID, LAB_TOKEN_SECRET)
     header = LAB_JWS.split(".", maxsplit=1)[0]
     assert base64.urlsafe_b64decode(header + "==") == b'{"alg":"HS256","kid":"da836c"}'
 
@@ -499,7 +510,7 @@ def test_signing_tokens_as_the_bootstrapsigner_picks_them() -> None:
         token_secret("hhhhhh", "hhhhhhhhhhhhhhhh") | {"type": "Opaque"},
         token_secret("iiiiii", "iiiiiiiiiiiiiiii"),
     ]
-    assert ce.signing_tokens(secrets, NOW) == {"aaaaaa": "aaaaaaaaaaaaaaaa", "iiiiii": "iiiiiiiiiiiiiiii"}
+    assert sig.signing_tokens(secrets, NOW) == {"aaaaaa": "aaaaaaaaaaaaaaaa", "iiiiii": "iiiiiiiiiiiiiiii"}
 
 
 class SigningAPI:
@@ -512,14 +523,14 @@ class SigningAPI:
         self.reads = 0
 
     def get(self, path: str) -> dict[str, Any]:
-        if path == ce.TOKEN_SECRETS_PATH:
+        if path == sig.TOKEN_SECRETS_PATH:
             return {"items": [token_secret(t, s) for t, s in self.tokens.items()]}
         assert path == TARGET_SPECS["cluster_info"].path
         self.reads += 1
         if self.reads > self.sign_after:
             content = self.cm["data"]["kubeconfig"]
             for tid, secret in self.tokens.items():
-                self.cm["data"][f"jws-kubeconfig-{tid}"] = ce.detached_jws(content, tid, secret)
+                self.cm["data"][f"jws-kubeconfig-{tid}"] = sig.detached_jws(content, tid, secret)
         return self.cm
 
 
@@ -537,7 +548,7 @@ class Clock:
 def test_wait_signed_returns_once_every_token_validates() -> None:
     api = SigningAPI(CLUSTER_INFO, 3, {"aaaaaa": "aaaaaaaaaaaaaaaa", "bbbbbb": "bbbbbbbbbbbbbbbb"})
     clock = Clock()
-    assert ce.wait_signed(api, CLUSTER_INFO, 30, clock=clock, sleep=clock.sleep) == ["aaaaaa", "bbbbbb"]
+    assert sig.wait_signed(api, CLUSTER_INFO, 30, clock=clock, sleep=clock.sleep) == ["aaaaaa", "bbbbbb"]
     assert api.reads == 4 and clock.now == 3
 
 
@@ -545,7 +556,7 @@ def test_wait_signed_times_out_naming_the_token() -> None:
     api = SigningAPI(CLUSTER_INFO, 10**6, {"aaaaaa": "aaaaaaaaaaaaaaaa"})
     clock = Clock()
     with pytest.raises(ClusterEndpointError) as info:
-        ce.wait_signed(api, CLUSTER_INFO, 5, clock=clock, sleep=clock.sleep)
+        sig.wait_signed(api, CLUSTER_INFO, 5, clock=clock, sleep=clock.sleep)
     assert "timed out after 5s" in str(info.value) and "jws-kubeconfig-aaaaaa" in str(info.value)
     assert "bootstrap token aaaaaa" in str(info.value)
 
@@ -553,4 +564,4 @@ def test_wait_signed_times_out_naming_the_token() -> None:
 def test_wait_signed_notices_someone_else_changed_cluster_info() -> None:
     api = SigningAPI(CLUSTER_INFO, 0, {"aaaaaa": "aaaaaaaaaaaaaaaa"})
     with pytest.raises(ClusterEndpointError, match="changed by someone else"):
-        ce.wait_signed(api, ce.set_server(CLUSTER_INFO, VIP), 5)
+        sig.wait_signed(api, cms.set_server(CLUSTER_INFO, VIP), 5)

@@ -1,7 +1,8 @@
 # Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""_discovery_access: validation, the managed fields and the pure plans of the Role and the RoleBinding."""
+"""_discovery_subjects, _discovery_rbac and _discovery_access.validate: validation, the managed fields and the pure
+plans of the Role and the RoleBinding."""
 
 from __future__ import annotations
 
@@ -9,21 +10,23 @@ import copy
 from typing import Any
 
 import pytest
-from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_access import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_access import validate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_rbac import (
     MANAGED_BY,
     MANAGER,
-    DiscoveryAccessError,
-    Subject,
     adoption_warning,
     collection_path,
     managed_fields,
-    normalize_subjects,
     plan_binding,
     plan_role,
     rbac_path,
     rules_match,
     subjects_of,
-    validate,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._discovery_subjects import (
+    DiscoveryAccessError,
+    Subject,
+    normalize_subjects,
     validate_name,
     validate_namespace,
 )

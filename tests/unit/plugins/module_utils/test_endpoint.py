@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._cluster_endpoint_input import (
     ClusterEndpointError,
     normalize_server,
 )

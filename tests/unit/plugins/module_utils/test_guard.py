@@ -44,6 +44,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_ipvs im
     connections_to,
     parse_ip_vs_conn,
 )
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_cli import cleanup, main
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import (
     ConfigError,
     GuardError,
@@ -51,8 +52,6 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config imp
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import (
     Guard,
-    cleanup,
-    main,
     next_due,
 )
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery import (
@@ -69,7 +68,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_state impo
     read_state,
     write_state,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import (
     RealServer,
     Service,
 )

@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._datapath_nftables import TABLE, NftablesDataPath
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_cli import cleanup
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import parse_config
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard, cleanup
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import run_command
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult

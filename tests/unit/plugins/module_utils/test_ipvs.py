@@ -1,7 +1,7 @@
 # Copyright (c) kubeha.apiserver developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Pure logic of module_utils/_ipvs: validation, planning, presentation and netlink parsing.
+"""Pure logic of module_utils/_ipvs_model and _ipvs: validation, planning, presentation and netlink parsing.
 
 No pyroute2 and no kernel: netlink messages are replaced by tiny stand-ins with ``get_attr``.
 """
@@ -18,19 +18,21 @@ from typing import Any
 
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
+    ensure,
+    fwd_method_from_attrs,
+    load_kernel_modules,
+    netlink_error_message,
+    real_server_from_attrs,
+    service_from_attrs,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import (
     Action,
     IPVSError,
     RealServer,
     Service,
     desired_from_params,
     diff,
-    ensure,
-    fwd_method_from_attrs,
-    load_kernel_modules,
-    netlink_error_message,
     plan,
-    real_server_from_attrs,
-    service_from_attrs,
     simulate,
     to_dict,
 )

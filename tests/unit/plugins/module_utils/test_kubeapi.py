@@ -26,8 +26,12 @@ from typing import Any
 
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _kubeapi
-from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils._daemonset_restart import (
     RESTARTED_AT,
+    rollout_restart,
+    wait_daemonset_rollout,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     Credentials,
     KubeAPIError,
     KubeClient,
@@ -37,9 +41,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     import_yaml,
     load_kubeconfig,
     memory_files,
-    rollout_restart,
     update_with_retry,
-    wait_daemonset_rollout,
 )
 
 CA_PEM = b"-----BEGIN CERTIFICATE-----\nY2E=\n-----END CERTIFICATE-----\n"

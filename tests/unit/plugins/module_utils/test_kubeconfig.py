@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint as ce
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint_input as inp
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _configmap_server as cms
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _kubeconfig_server as ks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError, load_kubeconfig
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeconfig import (
@@ -223,8 +224,8 @@ def server_by_kubeconfig_server(text: str) -> str | None:
 
 def server_by_cluster_endpoint(text: str) -> str | None:
     try:
-        return ce.kubeconfig_server(text, "kubeconfig")
-    except ce.ClusterEndpointError:
+        return cms.kubeconfig_server(text, "kubeconfig")
+    except inp.ClusterEndpointError:
         return None
 
 
@@ -251,7 +252,7 @@ def test_all_callers_pick_the_same_cluster(tmp_path: Path, text: str, expected: 
 
 
 def test_the_edit_changes_the_cluster_the_others_read() -> None:
-    edited = ce.set_server(SEVERAL, "https://169.254.100.1:6444")
+    edited = cms.set_server(SEVERAL, "https://169.254.100.1:6444")
     clusters = {c["name"]: c["cluster"]["server"] for c in doc(edited)["clusters"]}
     assert clusters == {
         "first": "https://10.0.0.1:6443",
@@ -269,5 +270,5 @@ def test_each_caller_keeps_its_error_type_with_the_one_message(tmp_path: Path) -
         load_kubeconfig(str(path))
     with pytest.raises(ks.KubeconfigServerError, match=needle):
         ks.inspect(DUPLICATE_CLUSTER, "kubeconfig")
-    with pytest.raises(ce.ClusterEndpointError, match=needle):
-        ce.kubeconfig_server(DUPLICATE_CLUSTER, "kubeconfig")
+    with pytest.raises(inp.ClusterEndpointError, match=needle):
+        cms.kubeconfig_server(DUPLICATE_CLUSTER, "kubeconfig")

@@ -366,6 +366,16 @@ def test_naive_yaml_dump_would_not_keep_the_text() -> None:
     assert '  scheduler: ""' in ours_text.split("\n")
 
 
+def test_render_keeps_the_entries_it_keeps_byte_for_byte() -> None:
+    text = minimal("ipvs:\n  excludeCIDRs:\n  - '10.96.0.0/12'  # services\n  # the VIP\n  - 169.254.100.1/32\n")
+    assert edited(text, ["10.0.0.1"]) == minimal(
+        "ipvs:\n  excludeCIDRs:\n  - '10.96.0.0/12'  # services\n  # the VIP\n  - 169.254.100.1/32\n  - 10.0.0.1/32\n"
+    )
+    assert edited(text, ["169.254.100.1"], "absent") == minimal(
+        "ipvs:\n  excludeCIDRs:\n  - '10.96.0.0/12'  # services\n  # the VIP\n"
+    )
+
+
 def test_render_inline_empty_list_and_trailing_comment() -> None:
     text = minimal("ipvs:\n  excludeCIDRs: []  # set by ops\n  strictARP: true\n")
     after, changed = edit(text, ["10.0.0.1"])

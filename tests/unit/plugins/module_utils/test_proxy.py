@@ -27,7 +27,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._haproxy_config i
     haproxy_duration,
     render_haproxy,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import RealServer
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import RealServer
 from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import (
     Prober,
     ProbeSettings,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _cert_sans as cert
-from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint as ce
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint_input as inp
 from ansible_collections.kubeha.apiserver.plugins.module_utils._san import San, SanError, parse_san, san_key
 
 VALUES = [
@@ -44,8 +44,8 @@ def accepted_by_cert(value: str) -> str | None:
 
 def accepted_by_cluster_endpoint(value: str) -> str | None:
     try:
-        return ce.normalize_san(value)
-    except ce.ClusterEndpointError:
+        return inp.normalize_san(value)
+    except inp.ClusterEndpointError:
         return None
 
 
@@ -121,8 +121,8 @@ def test_each_caller_keeps_its_wording_of_a_bad_name():
     assert str(by_cert.value) == (
         "SAN 'bad_name!': not a valid DNS name (label 'bad_name!' is not 1-63 letters, digits or inner hyphens)"
     )
-    with pytest.raises(ce.ClusterEndpointError) as by_cluster_endpoint:
-        ce.normalize_san("bad_name!")
+    with pytest.raises(inp.ClusterEndpointError) as by_cluster_endpoint:
+        inp.normalize_san("bad_name!")
     assert str(by_cluster_endpoint.value) == (
         "cert_sans: 'bad_name!' is neither a valid IP address nor a DNS name "
         "(label 'bad_name!' is not 1-63 letters, digits or inner hyphens)"

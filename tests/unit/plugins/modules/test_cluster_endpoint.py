@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_endpoint as ce
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _bootstrap_signatures as sig
+from ansible_collections.kubeha.apiserver.plugins.module_utils._daemonset_restart import RESTARTED_FOR, configmap_digest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
-    RESTARTED_FOR,
     KubeAPIError,
     MissingLibraryError,
-    configmap_digest,
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import cluster_endpoint
@@ -103,7 +102,7 @@ class FakeAPI:
     def sign(self) -> None:
         info = self.objects[CI_PATH]
         if info is not None:
-            jws = ce.detached_jws(info["data"]["kubeconfig"], TOKEN_ID, TOKEN_SECRET)
+            jws = sig.detached_jws(info["data"]["kubeconfig"], TOKEN_ID, TOKEN_SECRET)
             info["data"][f"jws-kubeconfig-{TOKEN_ID}"] = jws
 
     def _call(self, method: str, path: str) -> dict[str, Any]:
@@ -111,7 +110,7 @@ class FakeAPI:
         pending = self.errors.get((method, path))
         if pending:
             raise pending.pop(0)
-        if path == ce.TOKEN_SECRETS_PATH:
+        if path == sig.TOKEN_SECRETS_PATH:
             data = {"token-id": TOKEN_ID, "token-secret": TOKEN_SECRET, "usage-bootstrap-signing": "true"}
             secret = {
                 "type": "bootstrap.kubernetes.io/token",
@@ -182,7 +181,7 @@ def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
     fake = FakeAPI()
     monkeypatch.setattr(cluster_endpoint, "make_client", lambda kubeconfig, allow_insecure=False: fake)
-    monkeypatch.setattr(ce, "time", FakeTime())
+    monkeypatch.setattr(sig, "time", FakeTime())
     return fake
 
 

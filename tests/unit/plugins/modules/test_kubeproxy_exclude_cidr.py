@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.kubeha.apiserver.plugins.module_utils import _kubeapi
-from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
+from ansible_collections.kubeha.apiserver.plugins.module_utils import _daemonset_restart
+from ansible_collections.kubeha.apiserver.plugins.module_utils._daemonset_restart import (
     RESTARTED_AT,
     RESTARTED_FOR,
+    configmap_digest,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
     MissingLibraryError,
-    configmap_digest,
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import kubeproxy_exclude_cidr
@@ -309,7 +311,7 @@ def test_check_mode_does_not_restart(api: dict[str, Any], capsys: pytest.Capture
 def test_restart_and_wait(
     api: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_kubeapi.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(_daemonset_restart.time, "sleep", lambda seconds: None)
     result = run_module(capsys, {**ARGS, "restart": True, "wait": True, "wait_timeout": 5})
     assert result["restarted"] is True
     assert api["fake"].methods() == ["GET", "GET", "PATCH", "GET", "PUT", "PATCH", "GET"]

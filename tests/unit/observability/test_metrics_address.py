@@ -8,6 +8,7 @@ preflight check that refuses a bad value before any change."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,13 @@ GOOD = ("169.254.100.1", "", 6444, ["10.0.0.11:6443", "10.0.0.12:6443"], "auto",
 
 
 def defaults() -> dict[str, Any]:
-    return yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
+    """The role's defaults as Ansible resolves them: kubeha_defaults' first, each "{{ name }}" replaced."""
+    values = yaml.safe_load((ROLE.parent / "kubeha_defaults" / "defaults" / "main.yml").read_text(encoding="utf-8"))
+    values.update(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8")))
+    for key, value in values.items():
+        if isinstance(value, str) and (name := re.fullmatch(r"\{\{ (\w+) \}\}", value)):
+            values[key] = values[name.group(1)]
+    return values
 
 
 def render_guard_json(**overrides: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Both flavours: kubeadm-config's networking (the binary flavour uploads one too), every Node's podCIDRs (the
 controller-manager allocates them), and the flags of the running kube-apiserver and kube-controller-manager (systemd
 units on the binary flavour, static pods' processes on the kubeadm one); on the kubeadm flavour also kubeadm's
-static-pod manifests. The ranges found are the lab's own (tests/lab/lab.py: SERVICE_CIDRS, POD_CIDRS), each Node's
+static-pod manifests. The ranges found are the lab's own (tests/lab/lab_core.py: SERVICE_CIDRS, POD_CIDRS), each Node's
 podCIDR folded into the pod range, and nothing is changed. site.yml reads them on every run (its preflight refuses a
 VIP inside them: tests/unit/playbooks/test_cluster_ranges_preflight.py).
 """

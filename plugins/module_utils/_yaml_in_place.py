@@ -166,7 +166,10 @@ def _only_member(node: Any, key: str, where: str, what: str) -> tuple[Any, Any] 
     found = _members(node, key)
     if len(found) > 1:
         raise YamlEditError(_at(what, f"there is more than one {where} key"))
-    return found[0] if found else None
+    if not found:
+        return None
+    key_node, value = found[0]
+    return key_node, value
 
 
 def is_null(node: Any) -> bool:

@@ -102,10 +102,10 @@ def test_kube_proxy_is_restarted_by_one_task_file():
             if (task.get("ansible.builtin.include_role") or {}).get("tasks_from") == "kube_proxy_restart":
                 including.append((path.name, task["vars"]))
     assert touching == ["roles/local_proxy/tasks/kube_proxy_restart.yml"] * 2
-    assert [name for name, _ in including] == ["reset.yml", "site.yml", "site.yml"]
+    assert [name for name, _arguments in including] == ["reset.yml", "site.yml", "site.yml"]
     # Each keeps its own condition: reset looks the unit up on every node and needs both results of the first master;
     # site looks it up only when a restart is due, each play after its own module.
-    reset, exclude, endpoint = (arguments for _, arguments in including)
+    reset, exclude, endpoint = (arguments for _name, arguments in including)
     restart = "local_proxy_kube_proxy_restart"
     assert reset["local_proxy_kube_proxy_find_always"] is True
     both = r"\{\{ \S+\.reset_exclude\.restarted\s+or \S+\.reset_cluster_endpoint\.kube_proxy_restarted \}\}"

@@ -12,13 +12,13 @@ errors being reported); cut in parts, each would reach into the others' attribut
 the command line and ``--cleanup`` in ``_guard_cli``, the data path of each mode in ``_datapath_modes``.
 
 One main loop, every ``interval_s``: probe every backend's ``/readyz`` -> hysteresis -> weights (``_proxy.decide``)
--> the data path of the configured mode plans and applies them (``_datapath_ipvs``, ``_datapath_haproxy``) -> close
-the connections of backends that went down -> state file (``_guard_state``) -> metrics (``_guard_metrics``). Beside
-it, small threads: a fast TCP check every ``fast_check_interval_s`` that takes a backend down at once when its
-connect is refused (the apiserver died) or when ``fall`` connects in a row get no answer within
-``connect_timeout_s`` (the host died or is black-holed); a kernel data path does not retry another backend, so this
-bounds the failed requests after a master fails. Then discovery of the masters (``_guard_discovery``), and the
-metrics endpoint. Every change of the data path happens under one lock.
+-> the data path of the configured mode plans and applies them (``_datapath_ipvs``, ``_datapath_nftables``,
+``_datapath_haproxy``) -> close the connections of backends that went down -> state file (``_guard_state``) ->
+metrics (``_guard_metrics``). Beside it, small threads: a fast TCP check every ``fast_check_interval_s`` that takes
+a backend down at once when its connect is refused (the apiserver died) or when ``fall`` connects in a row get no
+answer within ``connect_timeout_s`` (the host died or is black-holed); a kernel data path does not retry another
+backend, so this bounds the failed requests after a master fails. Then discovery of the masters
+(``_guard_discovery``), and the metrics endpoint. Every change of the data path happens under one lock.
 
 SIGHUP reloads the configuration (an invalid one is logged and the old one kept); SIGTERM and SIGINT stop
 the guard WITHOUT removing anything, so the data path keeps working while it restarts (``_guard_cli`` sets the

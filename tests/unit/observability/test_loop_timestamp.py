@@ -15,7 +15,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config imp
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import render_metrics
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import Action, Service, simulate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import Action, Service, simulate
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths
 from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult

@@ -11,13 +11,8 @@ from typing import Any
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _ipvs
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import (
-    Action,
-    MissingLibraryError,
-    RealServer,
-    Service,
-    simulate,
-)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import MissingLibraryError
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import Action, RealServer, Service, simulate
 from ansible_collections.kubeha.apiserver.plugins.modules import ipvs_service
 
 VIP = "169.254.100.1"

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +20,7 @@ from typing import Any
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardConfig, GuardError
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
-from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import probe_all
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import probe_all, wait_ready
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult, sort_backends
 
 
@@ -104,38 +101,13 @@ def converge(cfg: GuardConfig, config_path: str, hooks: Hooks | None = None) -> 
                    sum(r.ok for r in results.values()))  # fmt: skip
 
 
-# Every apiserver certificate names `kubernetes` (kubeadm and binary installs alike), so the VIP path can be
-# verified against the cluster CA before the VIP itself joins the certificate's SANs.
-VERIFY_NAME = "kubernetes"
-
-
-def vip_readyz(address: str, port: int, ca_file: str, timeout_s: float = 2.0) -> str:
-    """GET /readyz through the VIP, CA verified; '' when it answers ok, else why not."""
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-        with socket.create_connection((address, port), timeout=timeout_s) as raw:
-            raw.settimeout(timeout_s)
-            with context.wrap_socket(raw, server_hostname=VERIFY_NAME) as tls:
-                tls.sendall(b"GET /readyz HTTP/1.1\r\nHost: kubernetes\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := tls.recv(4096):
-                    data += chunk
-    except (OSError, ssl.SSLError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    head, _sep, body = data.partition(b"\r\n\r\n")
-    if head.startswith(b"HTTP/1.1 200") and body.strip().endswith(b"ok"):
-        return ""
-    return head.split(b"\r\n", 1)[0].decode(errors="replace") or "empty answer"
-
-
 def wait_vip_ready(cfg: GuardConfig, deadline_s: float) -> dict[str, str]:
-    """Each VIP answering /readyz (CA verified) within the deadline: {vip: '' or the last error}."""
-    end = time.monotonic() + deadline_s
-    status = {vip: "not tried" for vip in cfg.vips}
-    while True:
-        for vip in cfg.vips:
-            if status[vip]:
-                status[vip] = vip_readyz(vip, cfg.port, cfg.ca_file, min(cfg.timeout_s * 2, 5.0))
-        if not any(status.values()) or time.monotonic() >= end:
-            return status
-        time.sleep(0.5)
+    """Each VIP answering /readyz within the deadline, by the guard's own probe (the cluster CA and the guard's
+    client certificate; the served certificate must carry the verify name, `kubernetes` unless configured, which
+    every apiserver certificate names before the VIPs join its SANs): {vip: '' or why not}."""
+    settings = dataclasses.replace(
+        cfg.probe_settings(), timeout_s=min(cfg.timeout_s * 2, 5.0), server_name=cfg.haproxy.verify_name
+    )
+    waited = wait_ready((Backend(vip, cfg.port) for vip in cfg.vips), settings, deadline_s, interval_s=0.5)
+    results = waited.results.items()
+    return {backend.address: "" if result.ok else result.error or "not ready" for backend, result in results}

@@ -2,12 +2,14 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE to the kubeha.apiserver collection: this is NOT a public API. It backs the node-side guard
-# (module_utils/_guard_daemon.py) and the kubeha.apiserver.apiserver_proxy module, and may change in any
-# release without notice.
+# (module_utils/_guard_daemon.py) and the kubeha.apiserver.apiserver_proxy and kubeha.apiserver.apiserver_readyz
+# modules, and may change in any release without notice.
 
 """Probing a kube-apiserver: ``GET /readyz`` over HTTPS, verified against the cluster CA (with a client certificate
 when one is configured, so probing works with ``--anonymous-auth=false``), under one hard deadline; the kept
-connection of each backend (``Prober``); and the fast TCP check of the guard's 250 ms loop.
+connection of each backend (``Prober``); the fast TCP check of the guard's 250 ms loop; and ``wait_ready``, the
+rounds of probes until every (or any) endpoint is ready, under an overall deadline (the playbooks' /readyz checks,
+through the apiserver_readyz module).
 
 Only the standard library is used, and nothing here imports ``ansible``: the guard runs these files on nodes as
 plain Python.
@@ -40,13 +42,18 @@ MAX_BODY = 4096  # /readyz answers "ok"; a failing one lists its checks, a few h
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """How to probe: the cluster CA, an optional client certificate and key, a hard timeout, the path."""
+    """How to probe: the cluster CA, an optional client certificate and key, a hard timeout, the path.
+
+    ``server_name``: the name the served certificate must carry (and the TLS SNI); ``None`` for the probed
+    address itself, as an IP SAN. A VIP, which not every certificate names, is probed as ``kubernetes``.
+    """
 
     ca_file: str
     client_cert_file: str | None = None
     client_key_file: str | None = None
     timeout_s: float = 1.0
     path: str = "/readyz"
+    server_name: str | None = None
 
     def files(self) -> tuple[str, ...]:
         return tuple(f for f in (self.ca_file, self.client_cert_file, self.client_key_file) if f)
@@ -152,12 +159,14 @@ class _Deadline:
         return time.monotonic() - self.start
 
 
-def _connect(backend: Backend, context: ssl.SSLContext, deadline: _Deadline) -> http.client.HTTPSConnection:
-    """TCP connect and TLS handshake (certificate and IP SAN verified) within the deadline."""
+def _connect(
+    backend: Backend, context: ssl.SSLContext, deadline: _Deadline, server_name: str | None = None
+) -> http.client.HTTPSConnection:
+    """TCP connect and TLS handshake (certificate and IP SAN, or ``server_name``, verified) within the deadline."""
     sock = socket.create_connection((backend.address, backend.port), timeout=deadline.left())
     try:
         sock.settimeout(deadline.left())
-        tls = context.wrap_socket(sock, server_hostname=backend.address)
+        tls = context.wrap_socket(sock, server_hostname=server_name or backend.address)
     except BaseException:
         sock.close()
         raise
@@ -214,7 +223,7 @@ def probe(backend: Backend, settings: ProbeSettings, context: ssl.SSLContext | N
         return ProbeResult(backend, False, deadline.elapsed(), str(exc))
     connection = None
     try:
-        connection = _connect(backend, context, deadline)
+        connection = _connect(backend, context, deadline, settings.server_name)
         status, body, _reusable = _exchange(connection, settings.path, deadline)
     except _PROBE_ERRORS as exc:
         return _failure(backend, exc, settings, deadline)
@@ -286,7 +295,7 @@ class Prober:
             except _PROBE_ERRORS:
                 pass  # the kept connection was dead: try a new one in the time left
         try:
-            connection = _connect(backend, context, deadline)
+            connection = _connect(backend, context, deadline, settings.server_name)
             return self._use(backend, context, connection, settings, deadline)
         except _PROBE_ERRORS as exc:
             return _failure(backend, exc, settings, deadline)
@@ -364,3 +373,76 @@ def tcp_check(backend: Backend, timeout_s: float) -> ProbeResult:
     finally:
         sock.close()
     return ProbeResult(backend, True, time.monotonic() - start)
+
+
+# --------------------------------------------------------------------------------------------------
+# Waiting until endpoints are ready (the apiserver_readyz module)
+# --------------------------------------------------------------------------------------------------
+
+REQUIREMENTS = ("all", "any")
+
+
+@dataclass(frozen=True)
+class ReadyWait:
+    """What ``wait_ready`` saw: the last probe of each backend and how many rounds probed it, whether the
+    requirement held at the end, and the seconds it took."""
+
+    results: dict[Backend, ProbeResult]
+    attempts: dict[Backend, int]
+    satisfied: bool
+    elapsed_s: float
+
+    def ready(self) -> list[Backend]:
+        return [backend for backend, result in self.results.items() if result.ok]
+
+    def not_ready(self) -> list[Backend]:
+        return [backend for backend, result in self.results.items() if not result.ok]
+
+
+def requirement_met(ready: int, total: int, require: str) -> bool:
+    """``all``: every backend is ready (none at all counts as met); ``any``: at least one is."""
+    return ready == total if require == "all" else ready > 0
+
+
+def wait_ready(
+    backends: Iterable[Backend],
+    settings: ProbeSettings,
+    wait_s: float,
+    require: str = "all",
+    interval_s: float = 1.0,
+    max_workers: int = 8,
+) -> ReadyWait:
+    """Probe in rounds until the requirement holds or ``wait_s`` seconds have passed; never raises for a probe.
+
+    Each round probes concurrently (``probe_all``, new connections) the backends that have not answered ready yet: a
+    backend that answered ready once counts as ready and is not probed again. Rounds are ``interval_s`` apart (the
+    pause is cut to the time left); ``wait_s=0`` probes once. A round starts only before the deadline and each probe
+    is bounded by ``settings.timeout_s``, so the whole takes at most ``wait_s + settings.timeout_s``.
+    """
+    if require not in REQUIREMENTS:
+        raise ValueError(f"require must be one of {', '.join(REQUIREMENTS)}, not {require!r}")
+    if wait_s < 0 or interval_s <= 0:
+        raise ValueError(f"wait_s must be >= 0 and interval_s > 0, not {wait_s!r} and {interval_s!r}")
+    targets = sort_backends(backends)
+    start = time.monotonic()
+    results: dict[Backend, ProbeResult] = {}
+    attempts = dict.fromkeys(targets, 0)
+    if not targets:
+        return ReadyWait(results, attempts, requirement_met(0, 0, require), 0.0)
+    end = start + wait_s
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets))), thread_name_prefix="readyz")
+    try:
+        while True:
+            pending = [backend for backend in targets if backend not in results or not results[backend].ok]
+            results.update(probe_all(pending, settings, executor=pool))
+            for backend in pending:
+                attempts[backend] += 1
+            satisfied = requirement_met(sum(results[b].ok for b in targets), len(targets), require)
+            left = end - time.monotonic()
+            if satisfied or left <= 0:
+                break
+            time.sleep(min(interval_s, left))
+    finally:
+        pool.shutdown(wait=False)
+    ordered = {backend: results[backend] for backend in targets}
+    return ReadyWait(ordered, attempts, satisfied, time.monotonic() - start)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
+
 COLLECTION = "ansible_collections.kubeha.apiserver"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +93,21 @@ _provide_patch_module_args()
 _BENCH = REPO_ROOT / "tests" / "bench"
 if str(_BENCH) not in sys.path:
     sys.path.insert(0, str(_BENCH))
+
+
+# Stand-in apiservers for the /readyz probes (tests/unit/tls_rig.py): the PKI once per test module, the servers per
+# test. Shared here so that the probe tests of module_utils and of the apiserver_readyz module use the same ones.
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import tls_rig
+
+    return tls_rig.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def https_server(pki: Any) -> Iterator[Any]:
+    import tls_rig
+
+    servers = tls_rig.HTTPSServers(pki)
+    yield servers
+    servers.close()

@@ -1,11 +1,12 @@
 """The apiservers' endpoints the playbooks and roles write (the kubeha.apiserver.endpoint filter), rendered by the real
 ansible-playbook from the files as they are: the local_proxy role's default backends, the day-2 playbooks' masters
 (their first play's roles and first task, taken from add_master.yml and remove_master.yml), and the certificate role's
-/readyz URLs (its vars/main.yml, and the peers' probe URL taken from tasks/peers.yml).
+/readyz endpoints (its vars/main.yml: each master's own, and the other masters' that tasks/peers.yml probes).
 
 An IPv4 master as it is, an IPv6 one in brackets (given with brackets and in capitals: canonical, never bracketed
 twice), all at the apiservers' port: kubeha_defaults' 6443, or the inventory's local_proxy_apiserver_port, which every
-one of them follows. A port out of range stops the run with a message naming the address and the port.
+one of them follows; the certificate role's follow a master's apiserver_cert_sans_address where it is set. A port out
+of range stops the run with a message naming the address and the port.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def day2_play(playbook: str) -> dict:
 
 def plays() -> list[dict]:
     probe = yaml.safe_load((REPO / "roles" / "apiserver_cert_sans" / "tasks" / "peers.yml").read_text())[0]
-    url = probe["ansible.builtin.uri"]["url"]
+    assert probe["kubeha.apiserver.apiserver_readyz"]["endpoints"] == "{{ apiserver_cert_sans_peer_endpoints }}"
     return [
         day2_play("add_master"),
         day2_play("remove_master"),
@@ -60,21 +61,24 @@ def plays() -> list[dict]:
             "tasks": [show("BACKENDS", "local_proxy_backends")],
         },
         {
-            "name": "The certificate role's /readyz URLs",
+            "name": "The certificate role's /readyz endpoints",
             "hosts": "w1",
             "gather_facts": False,
             "roles": [{"role": "kubeha.apiserver.apiserver_cert_sans", "when": False}],
             "tasks": [
                 {
-                    "name": "Each master's own URL",
-                    "ansible.builtin.debug": {"msg": "MASTER {{ apiserver_cert_sans_master_readyz }}"},
+                    "name": "Each master's own endpoint",
+                    "ansible.builtin.debug": {"msg": "MASTER {{ apiserver_cert_sans_master_endpoint }}"},
                     "vars": {"apiserver_cert_sans_master": "{{ item }}"},
                     "loop": "{{ groups['kube_control_plane'] }}",
                 },
                 {
-                    "name": "Each peer's URL, as tasks/peers.yml writes it",
-                    "ansible.builtin.debug": {"msg": f"PEER {url}"},
-                    "vars": probe["vars"],
+                    "name": "Each master's peers' endpoints, which tasks/peers.yml probes",
+                    "ansible.builtin.debug": {
+                        "msg": "PEERS {{ apiserver_cert_sans_peers | zip(apiserver_cert_sans_peer_endpoints) | to_json"
+                        " | b64encode }}"
+                    },
+                    "vars": {"apiserver_cert_sans_master": "{{ item }}"},
                     "loop": "{{ groups['kube_control_plane'] }}",
                 },
             ],
@@ -82,9 +86,10 @@ def plays() -> list[dict]:
     ]
 
 
-def inventory(**variables) -> dict:
+def inventory(masters: dict | None = None, **variables) -> dict:
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "ansible_become": False}
-    groups = {"kube_control_plane": {"hosts": MASTERS}, "kube_node": {"hosts": {"w1": {"ansible_host": "192.0.2.41"}}}}
+    masters = masters or MASTERS
+    groups = {"kube_control_plane": {"hosts": masters}, "kube_node": {"hosts": {"w1": {"ansible_host": "192.0.2.41"}}}}
     return {"all": {"vars": local | variables, "children": groups}}
 
 
@@ -97,6 +102,10 @@ def results(tmp_path_factory, run_many) -> dict[str, subprocess.CompletedProcess
                             ("bad-port", {"local_proxy_apiserver_port": 70000})):  # fmt: skip
         (d / f"{name}.yml").write_text(yaml.safe_dump(inventory(**variables)))
         commands[name] = ["ansible-playbook", "-i", str(d / f"{name}.yml"), str(d / "play.yml")]
+    # The certificate role reaches cp3 at its apiserver_cert_sans_address (the others as before).
+    moved = MASTERS | {"cp3": MASTERS["cp3"] | {"apiserver_cert_sans_address": "[2001:DB8::99]"}}
+    (d / "moved.yml").write_text(yaml.safe_dump(inventory(moved)))
+    commands["moved"] = ["ansible-playbook", "-i", str(d / "moved.yml"), str(d / "play.yml")]
     return run_many(commands)
 
 
@@ -108,6 +117,16 @@ def endpoints(port: int) -> list[str]:
     return [f"{address}:{port}" for address in ADDRESSES]
 
 
+def peers(endpoint_of: dict[str, str]) -> list[list[list[str]]]:
+    """For each master, each other master with its endpoint (sorted: apiserver_cert_sans_peers has no fixed order)."""
+    return [[[peer, endpoint_of[peer]] for peer in MASTERS if peer != own] for own in MASTERS]
+
+
+def shown_peers(proc: subprocess.CompletedProcess) -> list[list[list[str]]]:
+    """Each master's (peer, endpoint) pairs as the role pairs them (apiserver_cert_sans_peers with the endpoints)."""
+    return [sorted(pairs) for pairs in shown(proc, "PEERS")]
+
+
 @pytest.mark.parametrize("port", [6443, 8443])
 def test_every_endpoint_is_the_address_bracketed_if_ipv6_and_the_apiservers_port(results, port):
     run = results["default" if port == 6443 else "port"]
@@ -115,9 +134,17 @@ def test_every_endpoint_is_the_address_bracketed_if_ipv6_and_the_apiservers_port
     assert shown(run, "DAY2-add_master") == [endpoints(port)], run.stdout
     assert shown(run, "DAY2-remove_master") == [endpoints(port)], run.stdout
     assert shown(run, "BACKENDS") == [endpoints(port)], run.stdout
-    urls = [f"https://{endpoint}/readyz" for endpoint in endpoints(port)]
-    assert re.findall(r'"msg": "MASTER (\S+)"', run.stdout) == urls, run.stdout
-    assert re.findall(r'"msg": "PEER (\S+)"', run.stdout) == urls, run.stdout
+    assert re.findall(r'"msg": "MASTER (\S+)"', run.stdout) == endpoints(port), run.stdout
+    assert shown_peers(run) == peers(dict(zip(MASTERS, endpoints(port), strict=True))), run.stdout
+
+
+def test_the_certificate_role_reaches_a_master_at_its_apiserver_cert_sans_address(results):
+    run = results["moved"]
+    assert run.returncode == 0, run.stdout + run.stderr
+    every = [*endpoints(6443)[:2], "[2001:db8::99]:6443"]
+    assert re.findall(r'"msg": "MASTER (\S+)"', run.stdout) == every, run.stdout
+    assert shown_peers(run) == peers(dict(zip(MASTERS, every, strict=True))), run.stdout
+    assert shown(run, "BACKENDS") == [endpoints(6443)], run.stdout  # the proxies' backends do not follow it
 
 
 def test_a_port_out_of_range_stops_the_run_naming_the_address_and_the_port(results):

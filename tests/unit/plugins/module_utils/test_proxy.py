@@ -3,22 +3,16 @@
 
 """module_utils/_proxy: probing, hysteresis, weights, the IPVS service and haproxy's configuration.
 
-The probe tests use real sockets on 127.0.0.1: a small HTTPS server with a throwaway CA and certificates
-made with ``cryptography``. No root, no kernel IPVS.
+The probe tests use real sockets on 127.0.0.1: small HTTPS servers with a throwaway CA and certificates made with
+``cryptography`` (the ``pki`` and ``https_server`` fixtures of tests/unit/conftest.py). No root, no kernel IPVS.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import http.server
-import ipaddress
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,10 +44,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     scheduler_for,
     sort_backends,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tls_rig import PKI, HTTPSServers
 
 M1, M2, M3 = Backend("10.0.0.11", 6443), Backend("10.0.0.12", 6443), Backend("10.0.0.13", 6443)
 M6 = Backend("fd00::11", 6443)
@@ -310,183 +301,7 @@ def test_haproxy_timing_follows_the_settings() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-@dataclass
-class Issued:
-    cert: Path
-    key: Path
-
-
-class CA:
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory = directory
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.path = directory / f"{name}.crt"
-        self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, name: str, ips: list[str], client: bool = False) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-        )
-        if ips:
-            sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
-        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        issued.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        return issued
-
-
-@dataclass
-class PKI:
-    ca: CA
-    other_ca: CA
-    server: Issued
-    wrong_san: Issued
-    client: Issued
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = CA(directory, "cluster-ca")
-    return PKI(
-        ca=ca,
-        other_ca=CA(directory, "other-ca"),
-        server=ca.issue("apiserver", ["127.0.0.1"]),
-        wrong_san=ca.issue("apiserver-elsewhere", ["10.255.255.1"]),
-        client=ca.issue("system:node:w1", [], client=True),
-    )
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.connections.append(self.connection)
-
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        body = self.server.body
-        self.send_response(self.server.status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
-class _KeepAliveHandler(_Handler):
-    protocol_version = "HTTP/1.1"  # as Go's server: the connection stays open between requests
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, context: ssl.SSLContext, status: int, body: bytes, keep_alive: bool) -> None:
-        super().__init__(("127.0.0.1", 0), _KeepAliveHandler if keep_alive else _Handler)
-        self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.status = status
-        self.body = body
-        self.paths: list[str] = []
-        self.connections: list[socket.socket] = []
-
-    def kill(self) -> None:
-        """What SIGKILL does to an apiserver: the listener and every connection are closed at once."""
-        self.shutdown()
-        self.server_close()
-        for connection in self.connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-            connection.close()
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        return  # failed handshakes are what some tests are about
-
-
-class HTTPSServers:
-    """Starts small HTTPS servers on 127.0.0.1 with the test PKI; ``start()`` returns their backend."""
-
-    def __init__(self, pki: PKI) -> None:
-        self.pki = pki
-        self.servers: dict[Backend, _Server] = {}
-
-    def __call__(
-        self,
-        status: int = 200,
-        body: bytes = b"ok",
-        issued: Issued | None = None,
-        require_client: bool = False,
-        keep_alive: bool = False,
-    ) -> Backend:
-        cert = issued or self.pki.server
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert.cert, cert.key)
-        if require_client:
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(self.pki.ca.path)
-        server = _Server(context, status, body, keep_alive)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        backend = Backend("127.0.0.1", server.server_address[1])
-        self.servers[backend] = server
-        return backend
-
-    def paths(self, backend: Backend) -> list[str]:
-        return self.servers[backend].paths
-
-    def connections(self, backend: Backend) -> int:
-        return len(self.servers[backend].connections)
-
-    def kill(self, backend: Backend) -> None:
-        self.servers.pop(backend).kill()
-
-    def close(self) -> None:
-        for server in self.servers.values():
-            server.shutdown()
-            server.server_close()
-
-
-@pytest.fixture
-def https_server(pki: PKI) -> Iterator[HTTPSServers]:
-    servers = HTTPSServers(pki)
-    yield servers
-    servers.close()
+# pki and https_server: tests/unit/conftest.py (stand-ins from tests/unit/tls_rig.py).
 
 
 def settings(pki: PKI, **overrides: object) -> ProbeSettings:

@@ -24,6 +24,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._yaml_in_place im
     EditMismatchError,
     EditNotValidError,
     ListStyle,
+    check_kind,
     compose_mapping,
     load,
     reported_as,
@@ -38,12 +39,8 @@ def parse_cluster_configuration(text: Any, what: str = "ClusterConfiguration") -
     """The kubeadm ClusterConfiguration in ``text``, checked for the fields this module reads."""
     with reported_as(ClusterEndpointError):
         compose_mapping(text, what)
-    config = load(text)
-    if config.get("kind") != "ClusterConfiguration":
-        raise ClusterEndpointError(f"{what} is of kind {config.get('kind')!r}, not ClusterConfiguration")
-    api_version = config.get("apiVersion")
-    if not isinstance(api_version, str) or not api_version.startswith(f"{KUBEADM_API_GROUP}/"):
-        raise ClusterEndpointError(f"{what} has apiVersion {api_version!r}, not {KUBEADM_API_GROUP}/<version>")
+        config = load(text)
+        check_kind(config, "ClusterConfiguration", KUBEADM_API_GROUP, what)
     api_server = config.get("apiServer")
     if api_server is not None and not isinstance(api_server, dict):
         raise ClusterEndpointError(f"{what}: apiServer is {api_server!r}, not a mapping")

@@ -40,6 +40,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._yaml_in_place im
     EditMismatchError,
     EditNotValidError,
     ListStyle,
+    check_kind,
     plain_or_quoted,
     reported_as,
     set_block_list,
@@ -81,12 +82,8 @@ def parse_config(text: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         found = "empty" if config is None else f"a {type(config).__name__}"
         raise KubeProxyConfigError(f"the configuration is {found}, not a {KIND} mapping")
-    kind = config.get("kind")
-    if kind != KIND:
-        raise KubeProxyConfigError(f"the configuration is of kind {kind!r}, not {KIND}")
-    api_version = config.get("apiVersion")
-    if not isinstance(api_version, str) or not api_version.startswith(f"{API_GROUP}/"):
-        raise KubeProxyConfigError(f"the configuration has apiVersion {api_version!r}, not {API_GROUP}/<version>")
+    with reported_as(KubeProxyConfigError):
+        check_kind(config, KIND, API_GROUP, "the configuration")
     ipvs = config.get("ipvs")
     if ipvs is not None and not isinstance(ipvs, dict):
         raise KubeProxyConfigError(f"ipvs is {ipvs!r}, not a mapping")

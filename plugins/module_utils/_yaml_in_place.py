@@ -13,7 +13,9 @@ keep their own line breaks and rebuilds it with some lines replaced. On these:
 - ``set_block_list`` sets ``<parent>.<key>`` to a list written as a block sequence by adding and removing whole
   lines (kubeadm's ``apiServer.certSANs``, kube-proxy's ``ipvs.excludeCIDRs``); a ``ListStyle`` says how the program
   that owns the text writes what the edit creates, so that the result looks as that program would have written it;
-- ``verified`` is the check every edit ends with: the edited text must load to exactly the intended document.
+- ``verified`` is the check every edit ends with: the edited text must load to exactly the intended document;
+- ``check_kind`` checks the ``kind`` and ``apiVersion`` of a configuration document to be edited (kubeadm's
+  ClusterConfiguration, kube-proxy's KubeProxyConfiguration).
 
 Errors are ``YamlEditError`` (``EditNotValidError`` and ``EditMismatchError`` when the check fails), naming the
 path of the value; each caller turns them into its own error (``reported_as``). Pure logic.
@@ -37,7 +39,7 @@ _ITEM_PREFIX = re.compile(r"[ \t]*-[ \t]+")
 
 
 class YamlEditError(Exception):
-    """An in-place edit that cannot be made; the message names the value, for the caller to put in its context."""
+    """A document or an in-place edit refused; the message names the value, for the caller to put in its context."""
 
 
 class EditNotValidError(YamlEditError):
@@ -146,6 +148,20 @@ def load(text: str) -> Any:
     """The document of ``text`` (PyYAML's ``safe_load``)."""
     yaml = import_yaml()
     return yaml.safe_load(text)
+
+
+def check_kind(document: Mapping[str, Any], kind: str, api_group: str, what: str) -> None:
+    """``document`` must be of ``kind`` and have an ``apiVersion`` of ``<api_group>/<version>``.
+
+    The one check of a Kubernetes configuration document's type (kubeadm's ClusterConfiguration, kube-proxy's
+    KubeProxyConfiguration) before it is read and edited; ``YamlEditError`` naming the value found otherwise.
+    """
+    found = document.get("kind")
+    if found != kind:
+        raise YamlEditError(f"{what} is of kind {found!r}, not {kind}")
+    api_version = document.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version.startswith(f"{api_group}/"):
+        raise YamlEditError(f"{what} has apiVersion {api_version!r}, not {api_group}/<version>")
 
 
 def member(node: Any, key: str) -> tuple[Any, Any] | None:

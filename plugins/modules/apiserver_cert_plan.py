@@ -20,6 +20,9 @@ description:
     reissued without losing something (an extension the CSR cannot carry, a CA certificate, a private key
     or CA key that does not match).
   - With O(state=absent), decides from checksums whether a reset may put the original certificate back.
+  - A module rather than a filter on purpose. It takes ten named inputs in two states, which an argument spec
+    validates and documents (types, choices, defaults) and a filter's positional arguments would not, and its
+    refusals fail the task with a message naming the master and the value, as the role's other steps do.
 author: kubeha.apiserver developers (!UNKNOWN)
 attributes:
   check_mode:

@@ -15,30 +15,12 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config imp
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import Guard
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_metrics import render_metrics
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import Action, Service, simulate
 from ansible_collections.kubeha.apiserver.plugins.module_utils._node_plumbing import Paths
 from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import ProbeSettings
 from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import Backend, ProbeResult
+from fake_ipvs import FakeIPVSAdapter
 
 METRIC = "kubeha_apiserver_last_reconcile_timestamp_seconds"
-
-
-class FakeIPVS:
-    """The kernel's IPVS table in memory (one service is enough here)."""
-
-    def __init__(self) -> None:
-        self.service: Service | None = None
-        self.applied: list[Action] = []
-
-    def get(self, address: str, port: int, protocol: str) -> Service | None:
-        return self.service
-
-    def apply(self, actions: Sequence[Action]) -> None:
-        self.applied.extend(actions)
-        self.service = simulate(self.service, actions)
-
-    def close(self) -> None:
-        pass
 
 
 def value(guard: Guard) -> float:
@@ -68,7 +50,7 @@ def test_every_round_moves_the_timestamp_and_a_failing_round_does_not(tmp_path: 
             raise RuntimeError("probe pool broken")
         return {b: ProbeResult(b, True, 0.004) for b in backends}
 
-    ipvs = FakeIPVS()
+    ipvs = FakeIPVSAdapter()
     hooks = Hooks(
         runner=lambda argv, stdin=None: (0, "", ""),
         ipvs_factory=lambda: ipvs,

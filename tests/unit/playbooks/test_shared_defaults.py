@@ -1,6 +1,9 @@
 """One home for the values every role and playbook shares (roles/kubeha_defaults) and for kube-proxy's restart where it
 is a systemd unit (the local_proxy role's kube_proxy_restart entry point).
 
+A shared value is written once, in kubeha_defaults' defaults: no other role's defaults, tasks or vars and no playbook
+carries it (the cluster CA's path included: prepare_node.yml reads it from there too), but for the copies listed.
+
 The real ansible-playbook applies each role alone in a play of its own (its tasks skipped, so that its defaults are
 the play's): each gets the VIPs, the ports, the prefix and the configuration directory through its dependency on
 kubeha_defaults, and a value the inventory sets wins over them (the negative control: the same hosts without it keep
@@ -22,7 +25,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 HOME = "roles/kubeha_defaults/defaults/main.yml"
-LITERALS = ("169.254.100.1", "fd6b:6861::1", "6444", "/opt/kubeha-apiserver", "/etc/kubeha-apiserver", "6443")
+LITERALS = (
+    "169.254.100.1",
+    "fd6b:6861::1",
+    "6444",
+    "/opt/kubeha-apiserver",
+    "/etc/kubeha-apiserver",
+    "6443",
+    "/etc/kubernetes/pki/ca.crt",
+)
+# Copies still written outside the home (file: line, without its number): none; a new copy fails the test.
+KNOWN_COPIES: list[str] = []
 ROLES = ("local_proxy", "apiserver_cert_sans", "kubeconfig_endpoint")
 SHOWN = {
     "kubeha_defaults": [
@@ -38,6 +51,7 @@ SHOWN = {
         "local_proxy_prefix",
         "local_proxy_config_dir",
         "local_proxy_apiserver_port",
+        "local_proxy_ca_file",
     ],
     "apiserver_cert_sans": [
         "apiserver_cert_sans_vip4",
@@ -51,7 +65,7 @@ SHOWN = {
 # h1 sets nothing; h2 sets every user-facing value (group_vars of its group); h3 has no IPv4 VIP.
 SET = {"local_proxy_vip4": "10.99.0.1", "local_proxy_vip6": "", "local_proxy_port": 7444,
        "local_proxy_prefix": "/srv/kha", "local_proxy_config_dir": "/srv/kha-etc",
-       "local_proxy_apiserver_port": 8443}  # fmt: skip
+       "local_proxy_apiserver_port": 8443, "local_proxy_ca_file": "/srv/kha-etc/ca.crt"}  # fmt: skip
 
 
 def literal_lines(name: str, text: str) -> list[str]:
@@ -63,10 +77,16 @@ def literal_lines(name: str, text: str) -> list[str]:
     ]
 
 
+def without_number(line: str) -> str:
+    """``file:12: text`` as ``file: text``."""
+    return re.sub(r":\d+: ", ": ", line, count=1)
+
+
 def test_each_shared_value_is_written_once():
     patterns = ("playbooks/*.yml", "roles/*/defaults/*.yml", "roles/*/tasks/*.yml", "roles/*/vars/*.yml")
     files = sorted({path for pattern in patterns for path in REPO.glob(pattern)} - {REPO / HOME})
-    assert [line for path in files for line in literal_lines(path.name, path.read_text())] == []
+    copies = [line for path in files for line in literal_lines(path.relative_to(REPO).as_posix(), path.read_text())]
+    assert [without_number(line) for line in copies] == KNOWN_COPIES, copies
     home = literal_lines(HOME, (REPO / HOME).read_text())
     assert [sum(value in line for line in home) for value in LITERALS] == [1] * len(LITERALS), home
 
@@ -77,6 +97,18 @@ def test_negative_control_a_copied_value_is_found():
         'cidrs: "{{ kubeha_defaults_vips }}"', "cidrs: [169.254.100.1]"
     )
     assert [line.split(": ", 1)[1] for line in literal_lines("site.yml", planted)] == ["cidrs: [169.254.100.1]"]
+
+
+def test_negative_control_an_inline_default_of_the_ca_file_is_found():
+    """prepare_node.yml's read of the CA, with the value written inline again as it was: found (its comment is not)."""
+    text = (REPO / "playbooks" / "prepare_node.yml").read_text()
+    shared = "local_proxy_ca_file | default(kubeha_defaults_ca_file)"
+    assert shared in text
+    planted = text.replace(shared, "local_proxy_ca_file | default('/etc/kubernetes/pki/ca.crt')")
+    found = [line.split(": ", 1)[1] for line in literal_lines("prepare_node.yml", planted)]
+    assert found == ["src: \"{{ local_proxy_ca_file | default('/etc/kubernetes/pki/ca.crt') }}\""]
+    assert "/etc/kubernetes/pki/ca.crt" in text  # in a comment, documentation: not a copy
+    assert literal_lines("prepare_node.yml", text) == []
 
 
 def tasks_in(node):
@@ -213,6 +245,7 @@ def test_every_role_alone_gets_the_shared_defaults(results):
         "local_proxy_prefix": "/opt/kubeha-apiserver",
         "local_proxy_config_dir": "/etc/kubeha-apiserver",
         "local_proxy_apiserver_port": 6443,
+        "local_proxy_ca_file": "/etc/kubernetes/pki/ca.crt",
     }
     assert values[("apiserver_cert_sans", "h1")] == {
         "apiserver_cert_sans_vip4": "169.254.100.1",

@@ -8,35 +8,15 @@ tests/unit/playbooks/test_endpoints.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import ModuleType
-
-import ansible.module_utils._internal as module_utils_internal
 import pytest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._endpoint import split_endpoint
 
-
-@pytest.fixture(autouse=True)
-def plugin() -> Iterator[ModuleType]:
-    """The filter plugin, imported here rather than at collection: importing controller code (ansible.errors) marks
-    the process as Ansible's controller (see test_node_address.py). The mark is put back after each test."""
-    was_controller = module_utils_internal.is_controller
-    try:
-        from ansible_collections.kubeha.apiserver.plugins.filter import endpoint as module
-
-        yield module
-    finally:
-        module_utils_internal.is_controller = was_controller
+FILTER = "endpoint"  # the plugin conftest.py loads (fixtures plugin and AnsibleFilterError)
 
 
 @pytest.fixture
 def endpoint(plugin):
     return plugin.endpoint
-
-
-@pytest.fixture
-def AnsibleFilterError(plugin):  # the class, under its own name
-    return plugin.AnsibleFilterError
 
 
 def test_ipv4_as_it_is_ipv6_in_brackets(endpoint):

@@ -7,35 +7,14 @@ masters resolved once by check_inventory.yml, then used as backends) is in tests
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import ModuleType
-
-import ansible.module_utils._internal as module_utils_internal
 import pytest
 
-
-@pytest.fixture(autouse=True)
-def plugin() -> Iterator[ModuleType]:
-    """The filter plugin, imported here rather than at collection: importing controller code (ansible.errors) marks
-    the process as Ansible's controller, and the modules' unit tests in the same process would then see their
-    warnings go to the controller's display instead of their result. The mark is put back after each test."""
-    was_controller = module_utils_internal.is_controller
-    try:
-        from ansible_collections.kubeha.apiserver.plugins.filter import node_address as module
-
-        yield module
-    finally:
-        module_utils_internal.is_controller = was_controller
+FILTER = "node_address"  # the plugin conftest.py loads (fixtures plugin and AnsibleFilterError)
 
 
 @pytest.fixture
 def node_address(plugin):
     return plugin.node_address
-
-
-@pytest.fixture
-def AnsibleFilterError(plugin):  # the class, under its own name
-    return plugin.AnsibleFilterError
 
 
 def host(name: str = "cp1", **variables: str) -> dict[str, str]:

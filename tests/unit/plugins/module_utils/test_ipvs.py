@@ -36,6 +36,7 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model impor
     simulate,
     to_dict,
 )
+from fake_ipvs import FakeIPVSAdapter
 
 VIP = "169.254.100.1"
 
@@ -592,27 +593,10 @@ def test_modprobe_scheduler_failure_names_the_scheduler(roots: dict[str, str], t
 # --------------------------------------------------------------------------------------------------
 
 
-class FakeAdapter:
-    def __init__(self, current: Service | None) -> None:
-        self.state = current
-        self.applied: list[Action] = []
-        self.closed = False
-
-    def get(self, address: str, port: int, protocol: str) -> Service | None:
-        return self.state
-
-    def apply(self, actions: list[Action]) -> None:
-        self.applied.extend(actions)
-        self.state = simulate(self.state, actions)
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def test_ensure_applies_reads_back_and_is_idempotent(tmp_path: Any) -> None:
     (tmp_path / "net").mkdir()
     (tmp_path / "net/ip_vs").write_text("")
-    adapter = FakeAdapter(None)
+    adapter = FakeIPVSAdapter(None)
     run = Recorder()
     outcome = ensure(params(), lambda: adapter, run, check_mode=False, proc_root=str(tmp_path))
     assert outcome.changed
@@ -625,7 +609,7 @@ def test_ensure_applies_reads_back_and_is_idempotent(tmp_path: Any) -> None:
 
 
 def test_ensure_check_mode_without_ip_vs_loads_nothing(tmp_path: Any) -> None:
-    adapter = FakeAdapter(svc(rs("10.0.0.7")))  # must not be read: ip_vs is not loaded
+    adapter = FakeIPVSAdapter(svc(rs("10.0.0.7")))  # must not be read: ip_vs is not loaded
     run = Recorder()
     outcome = ensure(params(), lambda: adapter, run, check_mode=True, proc_root=str(tmp_path))
     assert run.calls == []
@@ -636,7 +620,7 @@ def test_ensure_check_mode_without_ip_vs_loads_nothing(tmp_path: Any) -> None:
 
 
 def test_ensure_reports_non_convergence(tmp_path: Any) -> None:
-    class Stubborn(FakeAdapter):
+    class Stubborn(FakeIPVSAdapter):
         def apply(self, actions: list[Action]) -> None:
             self.applied.extend(actions)  # the kernel ignores us
 

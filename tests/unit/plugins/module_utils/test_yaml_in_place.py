@@ -10,6 +10,7 @@ them; here is what the editor does whoever calls it.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -94,6 +95,37 @@ def test_reported_as_keeps_the_message_in_the_callers_error() -> None:
     with pytest.raises(DomainError, match=r"^t is not a YAML mapping$") as info, yip.reported_as(DomainError):
         yip.compose_mapping("- a\n", "t")
     assert isinstance(info.value.__cause__, YamlEditError)
+
+
+def test_check_kind_accepts_the_kind_in_any_version_of_its_group() -> None:
+    for version in ("v1alpha1", "v1beta4", "v1"):
+        yip.check_kind({"kind": "K", "apiVersion": f"g.example/{version}"}, "K", "g.example", "t")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"apiVersion": "g.example/v1"}, "t is of kind None, not K"),
+        ({"kind": "Other", "apiVersion": "g.example/v1"}, "t is of kind 'Other', not K"),
+        ({"kind": "k", "apiVersion": "g.example/v1"}, "t is of kind 'k', not K"),
+        ({"kind": "K"}, "t has apiVersion None, not g.example/<version>"),
+        ({"kind": "K", "apiVersion": "v1"}, "t has apiVersion 'v1', not g.example/<version>"),
+        ({"kind": "K", "apiVersion": "g.example"}, "t has apiVersion 'g.example', not g.example/<version>"),
+        ({"kind": "K", "apiVersion": "x.g.example/v1"}, "t has apiVersion 'x.g.example/v1', not g.example/<version>"),
+        ({"kind": "K", "apiVersion": 1}, "t has apiVersion 1, not g.example/<version>"),
+    ],
+)
+def test_check_kind_refuses_naming_the_value(document: dict[str, Any], message: str) -> None:
+    with pytest.raises(YamlEditError, match=f"^{re.escape(message)}$"):
+        yip.check_kind(document, "K", "g.example", "t")
+
+
+def test_check_kind_is_reported_as_the_callers_error() -> None:
+    class DomainError(Exception):
+        pass
+
+    with pytest.raises(DomainError, match=r"^t is of kind 'Pod', not K$"), yip.reported_as(DomainError):
+        yip.check_kind({"kind": "Pod", "apiVersion": "v1"}, "K", "g.example", "t")
 
 
 def test_plain_or_quoted() -> None:

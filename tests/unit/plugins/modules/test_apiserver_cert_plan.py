@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.modules import apiserver_cert_plan
+
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
+
+MODULE = apiserver_cert_plan  # what conftest.py's run_module runs
 
 CERT = {
     "subject_ordered": [["commonName", "kube-apiserver"]],
@@ -28,47 +30,33 @@ CERT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
-
-
-def run(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:
-    full = dict(args) | {f"_ansible_{key}": value for key, value in internal.items()}
-    with patch_module_args(full), pytest.raises(SystemExit):
-        apiserver_cert_plan.main()
-    return json.loads(capsys.readouterr().out)
-
-
-def test_plans_the_missing_vips_and_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    result = run(capsys, {"sans": ["169.254.100.1", "IP:10.88.0.11"], "certificate": CERT, "label": "cp1"})
+def test_plans_the_missing_vips_and_changes_nothing(run_module: ModuleRunner) -> None:
+    result = run_module({"sans": ["169.254.100.1", "IP:10.88.0.11"], "certificate": CERT, "label": "cp1"})
     assert result["changed"] is False and result["needs_new"] is True
     assert result["wanted"] == ["IP:169.254.100.1", "IP:10.88.0.11"] and result["missing"] == ["IP:169.254.100.1"]
     assert result["csr"]["subject_alt_name"] == ["DNS:cp1", "IP:10.88.0.11", "IP:169.254.100.1"]
 
 
-def test_check_mode_predicts_the_same(capsys: pytest.CaptureFixture[str]) -> None:
-    result = run(capsys, {"sans": ["169.254.100.1"], "certificate": CERT}, check_mode=True)
+def test_check_mode_predicts_the_same(run_module: ModuleRunner) -> None:
+    result = run_module({"sans": ["169.254.100.1"], "certificate": CERT}, check_mode=True)
     assert result["missing"] == ["IP:169.254.100.1"] and result["changed"] is False
 
 
-def test_a_bad_name_fails_naming_host_value_and_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    result = run(capsys, {"sans": ["169.254.100.1", "IP:300.1.1.1"], "label": "cp2"})
+def test_a_bad_name_fails_naming_host_value_and_reason(run_module: ModuleRunner) -> None:
+    result = run_module({"sans": ["169.254.100.1", "IP:300.1.1.1"], "label": "cp2"})
     assert result["failed"] is True
     assert result["msg"] == "cp2: SAN 'IP:300.1.1.1': '300.1.1.1' is not a valid IPv4 or IPv6 address"
 
 
 def test_absent_warns_when_someone_replaced_the_certificate(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    run_module: ModuleRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Recorded at the source: where warnings end up depends on what else the test process has imported.
     warned: list[str] = []
     monkeypatch.setattr(apiserver_cert_plan.AnsibleModule, "warn", lambda self, msg: warned.append(msg))
     args = {"state": "absent", "current_checksum": "c", "original_checksum": "o", "issued_checksum": "i"}
-    result = run(capsys, args | {"label": "cp3"})
+    result = run_module(args | {"label": "cp3"})
     assert result["action"] == "leave" and result["changed"] is False
     assert len(warned) == 1 and warned[0].startswith("cp3: the certificate was replaced since the role issued it")
-    result = run(capsys, args | {"current_checksum": "i"})
+    result = run_module(args | {"current_checksum": "i"})
     assert result["action"] == "restore" and len(warned) == 1

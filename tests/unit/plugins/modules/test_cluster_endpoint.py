@@ -8,11 +8,9 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _bootstrap_signatures as sig
 from ansible_collections.kubeha.apiserver.plugins.module_utils._daemonset_restart import RESTARTED_FOR, configmap_digest
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
@@ -21,6 +19,11 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import cluster_endpoint
+
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
+
+MODULE = cluster_endpoint  # what conftest.py's run_module runs
 
 OLD, VIP = "https://10.0.0.11:6443", "https://169.254.100.1:6444"
 ANNOTATION = "kubeha.apiserver/original-server"
@@ -170,27 +173,12 @@ class FakeTime:
         self.now += seconds
 
 
-@pytest.fixture(autouse=True)
-def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
-
-
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
     fake = FakeAPI()
     monkeypatch.setattr(cluster_endpoint, "make_client", lambda kubeconfig, allow_insecure=False: fake)
     monkeypatch.setattr(sig, "time", FakeTime())
     return fake
-
-
-def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:
-    full = dict(args)
-    full.update({f"_ansible_{key}": value for key, value in internal.items()})
-    with patch_module_args(full), pytest.raises(SystemExit):
-        cluster_endpoint.main()
-    return json.loads(capsys.readouterr().out)
 
 
 def data(api: FakeAPI, path: str, key: str) -> str:
@@ -205,9 +193,9 @@ def annotations(api: FakeAPI, path: str) -> dict[str, str]:
     return obj["metadata"].get("annotations", {})
 
 
-def test_present_points_the_objects_at_the_endpoint(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_present_points_the_objects_at_the_endpoint(api: FakeAPI, run_module: ModuleRunner) -> None:
     old_signature = data(api, CI_PATH, f"jws-kubeconfig-{TOKEN_ID}")
-    result = run_module(capsys, PRESENT | {"wait_signed": True})
+    result = run_module(PRESENT | {"wait_signed": True})
     assert result["changed"] is True, result
     assert result["server"] == VIP
     assert result["changed_objects"] == [
@@ -236,21 +224,21 @@ def test_present_points_the_objects_at_the_endpoint(api: FakeAPI, capsys: pytest
     assert "warnings" not in result and "diff" not in result
 
 
-def test_second_run_is_unchanged_and_writes_nothing(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
-    run_module(capsys, PRESENT)
+def test_second_run_is_unchanged_and_writes_nothing(api: FakeAPI, run_module: ModuleRunner) -> None:
+    run_module(PRESENT)
     api.calls.clear()
-    result = run_module(capsys, {"server": "HTTPS://169.254.100.1:6444/", "cert_sans": ["fd6b:6861::1"]})
+    result = run_module({"server": "HTTPS://169.254.100.1:6444/", "cert_sans": ["fd6b:6861::1"]})
     assert result["changed"] is False and result["changed_objects"] == []
     assert api.puts() == []
 
 
 def test_restart_kube_proxy_rolls_the_daemonset_only_when_its_kubeconfig_changed(
-    api: FakeAPI, capsys: pytest.CaptureFixture[str]
+    api: FakeAPI, run_module: ModuleRunner
 ) -> None:
     daemonset = DS_PATH
-    check = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"}, check_mode=True)
+    check = run_module(PRESENT | {"restart_kube_proxy": "kube-proxy"}, check_mode=True)
     assert check["kube_proxy_restarted"] is True and ("PATCH", daemonset) not in api.calls  # predicted
-    first = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
+    first = run_module(PRESENT | {"restart_kube_proxy": "kube-proxy"})
     assert first["kube_proxy_restarted"] is True
     # No marker yet: what the pods run is recorded before the change, then the restart records the new ConfigMap.
     assert api.calls.count(("PATCH", daemonset)) == 2
@@ -258,13 +246,13 @@ def test_restart_kube_proxy_rolls_the_daemonset_only_when_its_kubeconfig_changed
     assert "kubectl.kubernetes.io/restartedAt" in annotations
     marker = api.objects[DS_PATH]["metadata"]["annotations"][RESTARTED_FOR]
     assert marker == configmap_digest(api.objects[KP_PATH])
-    second = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
+    second = run_module(PRESENT | {"restart_kube_proxy": "kube-proxy"})
     assert second["kube_proxy_restarted"] is False and api.calls.count(("PATCH", daemonset)) == 2
     assert second["changed"] is False
 
 
 def test_a_kube_proxy_restart_left_undone_by_a_dead_run_happens_on_the_next_run(
-    api: FakeAPI, capsys: pytest.CaptureFixture[str]
+    api: FakeAPI, run_module: ModuleRunner
 ) -> None:
     # The run that pointed kube-proxy's kubeconfig at the VIP died before rolling the DaemonSet (its restart PATCH
     # failed): the next run changes no object, yet restarts kube-proxy once, then no more.
@@ -278,29 +266,29 @@ def test_a_kube_proxy_restart_left_undone_by_a_dead_run_happens_on_the_next_run(
         return real_patch(path, body, content_type)
 
     api.patch = die_at_the_restart  # type: ignore[method-assign]
-    first = run_module(capsys, restart)
+    first = run_module(restart)
     assert first["failed"] is True and api.objects[KP_PATH]["data"]["kubeconfig.conf"] == KUBE_PROXY.replace(OLD, VIP)
     api.patch = real_patch  # type: ignore[method-assign]
-    check = run_module(capsys, restart, check_mode=True)
+    check = run_module(restart, check_mode=True)
     assert (check["changed"], check["kube_proxy_restarted"], check["changed_objects"]) == (True, True, [])
-    second = run_module(capsys, restart)
+    second = run_module(restart)
     assert (second["changed"], second["kube_proxy_restarted"], second["changed_objects"]) == (True, True, [])
-    third = run_module(capsys, restart)
+    third = run_module(restart)
     assert (third["changed"], third["kube_proxy_restarted"]) == (False, False)
 
 
 def test_negative_control_without_a_marker_a_run_that_changes_nothing_restarts_nothing(
-    api: FakeAPI, capsys: pytest.CaptureFixture[str]
+    api: FakeAPI, run_module: ModuleRunner
 ) -> None:
     """A cluster the collection never restarted kube-proxy on (no marker), already at the VIP: no restart."""
     api.objects[KP_PATH]["data"]["kubeconfig.conf"] = KUBE_PROXY.replace(OLD, VIP)
-    result = run_module(capsys, PRESENT | {"restart_kube_proxy": "kube-proxy"})
+    result = run_module(PRESENT | {"restart_kube_proxy": "kube-proxy"})
     assert result["kube_proxy_restarted"] is False and ("PATCH", DS_PATH) not in api.calls
 
 
-def test_check_mode_predicts_and_changes_nothing(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_mode_predicts_and_changes_nothing(api: FakeAPI, run_module: ModuleRunner) -> None:
     before = api.snapshot()
-    result = run_module(capsys, PRESENT | {"wait_signed": True}, check_mode=True, diff=True)
+    result = run_module(PRESENT | {"wait_signed": True}, check_mode=True, diff=True)
     assert result["changed"] is True
     assert result["objects"]["kube_proxy"]["after"] == VIP
     assert api.puts() == [] and api.snapshot() == before
@@ -315,17 +303,17 @@ def test_check_mode_predicts_and_changes_nothing(api: FakeAPI, capsys: pytest.Ca
     assert first["after"] == f"# metadata.annotations[{ANNOTATION}]: {OLD}\n" + CLUSTER_INFO.replace(OLD, VIP)
 
 
-def test_absent_restores_the_objects_byte_for_byte(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_absent_restores_the_objects_byte_for_byte(api: FakeAPI, run_module: ModuleRunner) -> None:
     before = api.snapshot()
-    run_module(capsys, PRESENT)
-    result = run_module(capsys, {"cert_sans": PRESENT["cert_sans"], "state": "absent", "wait_signed": True}, diff=True)
+    run_module(PRESENT)
+    result = run_module({"cert_sans": PRESENT["cert_sans"], "state": "absent", "wait_signed": True}, diff=True)
     assert result["changed"] is True and result["server"] is None
     assert result["objects"]["kube_proxy"]["after"] == OLD
     after = api.snapshot()
     for path in (CI_PATH, KC_PATH, KP_PATH):
         assert after[path]["data"] == before[path]["data"], path
         assert after[path]["metadata"] | {"resourceVersion": "x"} == before[path]["metadata"] | {"resourceVersion": "x"}
-    again = run_module(capsys, {"state": "absent"})
+    again = run_module({"state": "absent"})
     assert again["changed"] is False
     assert again["objects"]["cluster_info"]["message"] == f"no {ANNOTATION} annotation: nothing to restore"
 
@@ -344,19 +332,19 @@ def test_absent_restores_the_objects_byte_for_byte(api: FakeAPI, capsys: pytest.
     ],
 )
 def test_bad_input_fails_before_the_apiserver_is_asked(
-    api: FakeAPI, capsys: pytest.CaptureFixture[str], args: dict[str, Any], needle: str
+    api: FakeAPI, run_module: ModuleRunner, args: dict[str, Any], needle: str
 ) -> None:
-    result = run_module(capsys, args)
+    result = run_module(args)
     assert result["failed"] is True
     assert needle in result["msg"], result["msg"]
     assert api.calls == []
     assert "exception" not in result
 
 
-def test_missing_cluster_info_fails_with_nothing_changed(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_cluster_info_fails_with_nothing_changed(api: FakeAPI, run_module: ModuleRunner) -> None:
     api.objects[CI_PATH] = None
     before = api.snapshot()
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["failed"] is True
     assert (
         "ConfigMap kube-public/cluster-info was not found" in result["msg"] and "Nothing was changed" in result["msg"]
@@ -364,19 +352,17 @@ def test_missing_cluster_info_fails_with_nothing_changed(api: FakeAPI, capsys: p
     assert api.puts() == [] and api.snapshot() == before
 
 
-def test_unparsable_kube_proxy_kubeconfig_fails_before_any_change(
-    api: FakeAPI, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unparsable_kube_proxy_kubeconfig_fails_before_any_change(api: FakeAPI, run_module: ModuleRunner) -> None:
     api.objects[KP_PATH]["data"]["kubeconfig.conf"] = "clusters: [\n"
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["failed"] is True
     assert "ConfigMap kube-system/kube-proxy, key kubeconfig.conf is not valid YAML" in result["msg"]
     assert api.puts() == []
 
 
-def test_a_cluster_without_kubeadm_config_is_skipped(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_cluster_without_kubeadm_config_is_skipped(api: FakeAPI, run_module: ModuleRunner) -> None:
     api.objects[KC_PATH] = None
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["changed"] is True
     kubeadm = result["objects"]["kubeadm_config"]
     assert kubeadm["skipped"] is True and kubeadm["changed"] is False
@@ -385,36 +371,36 @@ def test_a_cluster_without_kubeadm_config_is_skipped(api: FakeAPI, capsys: pytes
 
     api.objects[CI_PATH]["data"]["kubeconfig"] = CLUSTER_INFO  # as it was, to see that nothing gets written
     api.calls.clear()
-    required = run_module(capsys, PRESENT | {"kubeadm_config_required": True})
+    required = run_module(PRESENT | {"kubeadm_config_required": True})
     assert required["failed"] is True and "kubeadm_config_required is set" in required["msg"]
     assert api.puts() == []
 
 
-def test_targets_limit_what_is_read_and_written(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, PRESENT | {"targets": ["cluster_info"]})
+def test_targets_limit_what_is_read_and_written(api: FakeAPI, run_module: ModuleRunner) -> None:
+    result = run_module(PRESENT | {"targets": ["cluster_info"]})
     assert list(result["objects"]) == ["cluster_info"]
     assert {path for _method, path in api.calls} == {CI_PATH}
     assert data(api, KP_PATH, "kubeconfig.conf") == KUBE_PROXY
 
 
-def test_warns_when_the_server_host_is_not_a_san(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {"server": VIP})
+def test_warns_when_the_server_host_is_not_a_san(api: FakeAPI, run_module: ModuleRunner) -> None:
+    result = run_module({"server": VIP})
     assert any("169.254.100.1 is not in apiServer.certSANs" in json.dumps(w) for w in result["warnings"])
 
 
-def test_conflict_is_retried_from_a_fresh_read(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_conflict_is_retried_from_a_fresh_read(api: FakeAPI, run_module: ModuleRunner) -> None:
     conflict = error_for_status("PUT", KP_PATH, 409, b'{"message": "the object has been modified"}')
     api.errors[("PUT", KP_PATH)] = [conflict]
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["changed"] is True
     assert api.puts().count(KP_PATH) == 2
     assert data(api, KP_PATH, "kubeconfig.conf") == KUBE_PROXY.replace(OLD, VIP)
 
 
-def test_a_failed_write_names_what_was_already_changed(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_write_names_what_was_already_changed(api: FakeAPI, run_module: ModuleRunner) -> None:
     forbidden = error_for_status("PUT", KP_PATH, 403, b'{"message": "no"}')
     api.errors[("PUT", KP_PATH)] = [forbidden]
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["failed"] is True
     assert "forbidden: cannot update configmaps kube-system/kube-proxy" in result["msg"]
     assert "already changed: kube-public/cluster-info, kube-system/kubeadm-config" in result["msg"]
@@ -422,26 +408,26 @@ def test_a_failed_write_names_what_was_already_changed(api: FakeAPI, capsys: pyt
     assert result["changed_objects"] == ["kube-public/cluster-info", "kube-system/kubeadm-config"]
 
 
-def test_signing_timeout_names_the_token(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_signing_timeout_names_the_token(api: FakeAPI, run_module: ModuleRunner) -> None:
     api.signer_running = False
-    result = run_module(capsys, PRESENT | {"wait_signed": True, "timeout": 20})
+    result = run_module(PRESENT | {"wait_signed": True, "timeout": 20})
     assert result["failed"] is True
     assert "timed out after 20s" in result["msg"] and f"bootstrap token {TOKEN_ID}" in result["msg"]
     assert "already changed: kube-public/cluster-info" in result["msg"]
 
 
-def test_api_error_on_read_names_verb_and_object(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_api_error_on_read_names_verb_and_object(api: FakeAPI, run_module: ModuleRunner) -> None:
     api.errors[("GET", KC_PATH)] = [error_for_status("GET", KC_PATH, 403, b'{"message": "denied"}')]
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["failed"] is True
     assert result["msg"] == "forbidden: cannot get configmaps kube-system/kubeadm-config: denied"
     assert api.puts() == []
 
 
-def test_missing_pyyaml_is_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_pyyaml_is_reported(monkeypatch: pytest.MonkeyPatch, run_module: ModuleRunner) -> None:
     def broken(kubeconfig: str, allow_insecure: bool = False) -> Any:
         raise MissingLibraryError("PyYAML", "Traceback: no module named yaml")
 
     monkeypatch.setattr(cluster_endpoint, "make_client", broken)
-    result = run_module(capsys, PRESENT)
+    result = run_module(PRESENT)
     assert result["failed"] is True and "PyYAML" in result["msg"]

@@ -8,15 +8,18 @@ and the Nodes; site.yml on the binary flavour, the processes' flags)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _cluster_networks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import KubeAPIError, error_for_status
 from ansible_collections.kubeha.apiserver.plugins.modules import cluster_networks_info
+
+if TYPE_CHECKING:
+    pass
+
+MODULE = cluster_networks_info  # what conftest.py's run_module runs
 
 KUBEADM_CONFIG = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config"
 CLUSTER_CONFIGURATION = """\
@@ -141,28 +144,28 @@ def test_an_apiserver_that_cannot_be_asked_is_an_error(empty_dirs):
         _cluster_networks.read(api, manifests, proc)
 
 
-def run_module(capsys, monkeypatch, api: FakeAPI, args: dict[str, Any]) -> dict[str, Any]:
+def serving(monkeypatch, api: FakeAPI) -> None:
+    """The module's client is ``api``."""
     monkeypatch.setattr(cluster_networks_info, "make_client", lambda *_a, **_k: api)
-    with patch_module_args(args), pytest.raises(SystemExit):
-        cluster_networks_info.main()
-    return json.loads(capsys.readouterr().out)
 
 
-def test_the_module_reports_the_ranges_and_changes_nothing(capsys, monkeypatch, tmp_path):
+def test_the_module_reports_the_ranges_and_changes_nothing(run_module, monkeypatch, tmp_path):
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "kube-controller-manager.yaml").write_text(MANIFEST)
     api = FakeAPI({KUBEADM_CONFIG: {"data": {"ClusterConfiguration": CLUSTER_CONFIGURATION}},
                    "/api/v1/nodes": nodes(["10.244.7.0/24"])})  # fmt: skip
-    result = run_module(capsys, monkeypatch, api, {"manifest_dir": str(manifests), "_ansible_check_mode": True})
+    serving(monkeypatch, api)
+    result = run_module({"manifest_dir": str(manifests)}, check_mode=True)
     assert result["changed"] is False and not result.get("failed")
     assert "10.244.0.0/16" in result["ranges"] and "10.244.7.0/24" not in result["ranges"]
     assert "fd00:10:244::/56" in result["pod_ranges"]
 
 
-def test_the_module_fails_naming_what_it_could_not_read(capsys, monkeypatch, tmp_path):
+def test_the_module_fails_naming_what_it_could_not_read(run_module, monkeypatch, tmp_path):
     api = FakeAPI({KUBEADM_CONFIG: KubeAPIError("cannot reach the apiserver at https://192.0.2.1:6443: refused")})
-    result = run_module(capsys, monkeypatch, api, {"manifest_dir": str(tmp_path)})
+    serving(monkeypatch, api)
+    result = run_module({"manifest_dir": str(tmp_path)})
     assert result["failed"] is True
     assert result["msg"] == (
         "cannot read the cluster's service and pod ranges: "

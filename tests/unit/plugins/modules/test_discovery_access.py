@@ -8,17 +8,20 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     KubeAPIError,
     MissingLibraryError,
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import discovery_access
+
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
+
+MODULE = discovery_access  # what conftest.py's run_module runs
 
 NAME = "kubeha-apiserver:discovery"
 RBAC = "/apis/rbac.authorization.k8s.io/v1/namespaces/default"
@@ -133,13 +136,6 @@ class FakeAPI:
         return [(m, p) for m, p in self.calls if m != "GET"]
 
 
-@pytest.fixture(autouse=True)
-def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
-
-
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     env: dict[str, Any] = {"fake": FakeAPI(), "kubeconfigs": []}
@@ -150,14 +146,6 @@ def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     monkeypatch.setattr(discovery_access, "make_client", make_client)
     return env
-
-
-def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:
-    full = dict(args)
-    full.update({f"_ansible_{key}": value for key, value in internal.items()})
-    with patch_module_args(full), pytest.raises(SystemExit):
-        discovery_access.main()
-    return json.loads(capsys.readouterr().out)
 
 
 def role(**extra: Any) -> dict[str, Any]:
@@ -179,9 +167,9 @@ def binding(**extra: Any) -> dict[str, Any]:
     } | extra
 
 
-def test_present_creates_the_role_then_the_binding(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_present_creates_the_role_then_the_binding(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
-    result = run_module(capsys, {})
+    result = run_module({})
     assert result["changed"] is True, result
     assert result["actions"] == [f"created Role default/{NAME}", f"created RoleBinding default/{NAME}"]
     assert fake.calls == [
@@ -210,11 +198,11 @@ def test_present_creates_the_role_then_the_binding(api: dict[str, Any], capsys: 
     assert "diff" not in result and "warnings" not in result
 
 
-def test_second_run_reads_only(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    run_module(capsys, {})
+def test_second_run_reads_only(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    run_module({})
     fake: FakeAPI = api["fake"]
     fake.calls.clear()
-    result = run_module(capsys, {}, diff=True)
+    result = run_module({}, diff=True)
     assert result["changed"] is False
     assert result["actions"] == []
     assert (result["role"]["action"], result["role_binding"]["action"]) == ("unchanged", "unchanged")
@@ -222,9 +210,7 @@ def test_second_run_reads_only(api: dict[str, Any], capsys: pytest.CaptureFixtur
     assert all(d["before"] == d["after"] for d in result["diff"])
 
 
-def test_server_metadata_and_foreign_labels_do_not_churn(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_server_metadata_and_foreign_labels_do_not_churn(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     labels = LABEL | {"team": "platform"}
     subjects = [{"kind": "Group", "name": "system:nodes"}]  # the server defaults apiGroup
@@ -232,14 +218,14 @@ def test_server_metadata_and_foreign_labels_do_not_churn(
     fake.put_object(BINDING_PATH, binding(subjects=subjects, metadata={"name": NAME, "labels": labels}))
     fake.objects[ROLE_PATH]["rules"][0]["verbs"] = ["get", "get"]  # the same set, written otherwise
     fake.objects[ROLE_PATH]["metadata"]["annotations"] = {"note": "kept"}
-    result = run_module(capsys, {})
+    result = run_module({})
     assert result["changed"] is False
     assert fake.writes() == []
 
 
-def test_check_mode_predicts_and_writes_nothing(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_mode_predicts_and_writes_nothing(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
-    result = run_module(capsys, {}, check_mode=True, diff=True)
+    result = run_module({}, check_mode=True, diff=True)
     assert result["changed"] is True
     assert result["actions"] == [f"created Role default/{NAME}", f"created RoleBinding default/{NAME}"]
     assert fake.writes() == []
@@ -260,14 +246,14 @@ def test_check_mode_predicts_and_writes_nothing(api: dict[str, Any], capsys: pyt
     ]
 
 
-def test_wider_rules_are_narrowed_in_place(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_wider_rules_are_narrowed_in_place(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     extra = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}
     fake.put_object(ROLE_PATH, role(rules=[RULE, extra]))
     fake.put_object(BINDING_PATH, binding())
     uid = fake.objects[ROLE_PATH]["metadata"]["uid"]
     version = fake.objects[ROLE_PATH]["metadata"]["resourceVersion"]
-    result = run_module(capsys, {}, diff=True)
+    result = run_module({}, diff=True)
     assert result["changed"] is True
     assert result["actions"] == [f"updated Role default/{NAME}"]
     assert fake.writes() == [("PUT", ROLE_PATH)]
@@ -278,26 +264,26 @@ def test_wider_rules_are_narrowed_in_place(api: dict[str, Any], capsys: pytest.C
     assert result["diff"][0]["after"]["rules"] == [RULE]
 
 
-def test_update_retries_a_conflict(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_update_retries_a_conflict(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     fake.put_object(ROLE_PATH, role())
     fake.put_object(BINDING_PATH, binding())
     fake.errors[("PUT", BINDING_PATH)] = error_for_status("PUT", BINDING_PATH, 409, status(409, "modified"))
     subjects = [{"kind": "User", "name": "system:node:w1"}, {"kind": "User", "name": "system:node:w2"}]
-    result = run_module(capsys, {"subjects": subjects})
+    result = run_module({"subjects": subjects})
     assert result["changed"] is True, result
     assert fake.writes() == [("PUT", BINDING_PATH), ("PUT", BINDING_PATH)]
     assert [s["name"] for s in fake.objects[BINDING_PATH]["subjects"]] == ["system:node:w1", "system:node:w2"]
     assert result["role_binding"]["action"] == "updated"
 
 
-def test_other_role_ref_is_deleted_and_recreated(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_other_role_ref_is_deleted_and_recreated(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     fake.put_object(ROLE_PATH, role())
     view = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}
     fake.put_object(BINDING_PATH, binding(roleRef=view))
     old = fake.objects[BINDING_PATH]["metadata"]
-    result = run_module(capsys, {}, diff=True)
+    result = run_module({}, diff=True)
     assert result["changed"] is True, result
     assert fake.writes() == [("DELETE", BINDING_PATH), ("POST", f"{RBAC}/rolebindings")]
     assert fake.bodies[-2] == {
@@ -314,7 +300,7 @@ def test_other_role_ref_is_deleted_and_recreated(api: dict[str, Any], capsys: py
     assert result["diff"][1]["after"]["roleRef"] == REF
 
 
-def test_recreate_refuses_a_binding_changed_meanwhile(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_recreate_refuses_a_binding_changed_meanwhile(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     fake.put_object(ROLE_PATH, role())
     fake.put_object(
@@ -323,45 +309,43 @@ def test_recreate_refuses_a_binding_changed_meanwhile(api: dict[str, Any], capsy
     fake.errors[("DELETE", BINDING_PATH)] = error_for_status(
         "DELETE", BINDING_PATH, 409, status(409, "Precondition failed: resourceVersion")
     )
-    result = run_module(capsys, {})
+    result = run_module({})
     assert result["failed"] is True
     assert result["msg"].startswith(f"RoleBinding default/{NAME}: it was changed by someone else after it was read")
     assert result["msg"].endswith("run the task again; nothing was changed")
     assert ("POST", f"{RBAC}/rolebindings") not in fake.calls
 
 
-def test_absent_deletes_the_binding_then_the_role(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    run_module(capsys, {})
+def test_absent_deletes_the_binding_then_the_role(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    run_module({})
     fake: FakeAPI = api["fake"]
     fake.calls.clear()
-    result = run_module(capsys, {"state": "absent"})
+    result = run_module({"state": "absent"})
     assert result["changed"] is True
     assert result["actions"] == [f"deleted Role default/{NAME}", f"deleted RoleBinding default/{NAME}"]
     assert fake.writes() == [("DELETE", BINDING_PATH), ("DELETE", ROLE_PATH)]
     assert fake.objects == {}
     assert (result["role"]["exists"], result["role_binding"]["exists"]) == (False, False)
-    again = run_module(capsys, {"state": "absent"})
+    again = run_module({"state": "absent"})
     assert again["changed"] is False
     assert (again["role"]["action"], again["role_binding"]["action"]) == ("absent", "absent")
 
 
-def test_absent_leaves_objects_it_does_not_manage(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_absent_leaves_objects_it_does_not_manage(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
-    run_module(capsys, {})
+    run_module({})
     fake.objects[ROLE_PATH]["metadata"]["labels"] = {}
     fake.calls.clear()
-    result = run_module(capsys, {"state": "absent"})
+    result = run_module({"state": "absent"})
     assert result["failed"] is True
     assert result["msg"].startswith(f"Role default/{NAME} is not managed by kubeha.apiserver")
     assert fake.writes() == []
 
 
-def test_present_adopts_an_unlabelled_role_with_a_warning(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_present_adopts_an_unlabelled_role_with_a_warning(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     fake.put_object(ROLE_PATH, role(metadata={"name": NAME, "namespace": "default"}))
-    result = run_module(capsys, {})
+    result = run_module({})
     assert result["role"]["action"] == "updated"
     assert fake.objects[ROLE_PATH]["metadata"]["labels"] == LABEL
     expected = (
@@ -372,20 +356,20 @@ def test_present_adopts_an_unlabelled_role_with_a_warning(
     assert expected in json.dumps(result["warnings"][0])
 
 
-def test_missing_namespace_fails_before_any_write(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {"namespace": "nowhere"})
+def test_missing_namespace_fails_before_any_write(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({"namespace": "nowhere"})
     assert result["failed"] is True
     assert result["msg"] == "namespace nowhere does not exist; nothing was changed"
     assert api["fake"].writes() == []
 
 
-def test_forbidden_read_names_verb_and_resource(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_forbidden_read_names_verb_and_resource(api: dict[str, Any], run_module: ModuleRunner) -> None:
     message = (
         'roles.rbac.authorization.k8s.io "kubeha-apiserver:discovery" is forbidden: User "system:node:cp1" cannot '
         'get resource "roles" in API group "rbac.authorization.k8s.io" in the namespace "default"'
     )
     api["fake"].errors[("GET", ROLE_PATH)] = error_for_status("GET", ROLE_PATH, 403, status(403, message))
-    result = run_module(capsys, {"kubeconfig": "/etc/kubernetes/kubelet.conf"})
+    result = run_module({"kubeconfig": "/etc/kubernetes/kubelet.conf"})
     assert result["failed"] is True
     assert result["msg"].startswith(
         f"forbidden: cannot get roles.rbac.authorization.k8s.io default/{NAME}: {message} (the user of "
@@ -394,12 +378,12 @@ def test_forbidden_read_names_verb_and_resource(api: dict[str, Any], capsys: pyt
     assert api["fake"].writes() == []
 
 
-def test_failure_after_a_change_says_what_was_done(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_failure_after_a_change_says_what_was_done(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake: FakeAPI = api["fake"]
     escalation = 'rolebindings.rbac.authorization.k8s.io "x" is forbidden: attempting to grant RBAC permissions'
     path = f"{RBAC}/rolebindings"
     fake.errors[("POST", path)] = error_for_status("POST", path, 403, status(403, escalation))
-    result = run_module(capsys, {})
+    result = run_module({})
     assert result["failed"] is True
     assert result["msg"].startswith(
         f"RoleBinding default/{NAME}: forbidden: cannot create rolebindings.rbac.authorization.k8s.io in namespace "
@@ -411,15 +395,15 @@ def test_failure_after_a_change_says_what_was_done(api: dict[str, Any], capsys: 
     assert result["role_binding"]["action"] == "absent"
 
 
-def test_bad_subject_kind_fails_before_any_client(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {"subjects": [{"kind": "Node", "name": "w2"}]})
+def test_bad_subject_kind_fails_before_any_client(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({"subjects": [{"kind": "Node", "name": "w2"}]})
     assert result["failed"] is True
     assert "kind" in result["msg"] and "Node" in result["msg"] and "ServiceAccount" in result["msg"]
     assert api["kubeconfigs"] == []
 
 
-def test_namespace_on_a_group_fails_before_any_client(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {"subjects": [{"kind": "Group", "name": "system:nodes", "namespace": "default"}]})
+def test_namespace_on_a_group_fails_before_any_client(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({"subjects": [{"kind": "Group", "name": "system:nodes", "namespace": "default"}]})
     assert result["failed"] is True
     assert result["msg"] == (
         "subjects[0]: namespace is only meaningful for a ServiceAccount, not for Group 'system:nodes'"
@@ -427,18 +411,18 @@ def test_namespace_on_a_group_fails_before_any_client(api: dict[str, Any], capsy
     assert api["kubeconfigs"] == []
 
 
-def test_service_account_subject_gets_the_namespace(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {"subjects": [{"kind": "ServiceAccount", "name": "guard"}]})
+def test_service_account_subject_gets_the_namespace(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({"subjects": [{"kind": "ServiceAccount", "name": "guard"}]})
     assert result["role_binding"]["subjects"] == [
         {"kind": "ServiceAccount", "apiGroup": "", "name": "guard", "namespace": "default"}
     ]
 
 
-def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch, run_module: ModuleRunner) -> None:
     def make_client(kubeconfig: str, allow_insecure: bool = False) -> None:
         raise MissingLibraryError("PyYAML", "Traceback: No module named 'yaml'")
 
     monkeypatch.setattr(discovery_access, "make_client", make_client)
-    result = run_module(capsys, {})
+    result = run_module({})
     assert result["failed"] is True
     assert "PyYAML" in result["msg"] and "role" not in result

@@ -5,15 +5,19 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _ipvs
 from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs import MissingLibraryError
-from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import Action, RealServer, Service, simulate
+from ansible_collections.kubeha.apiserver.plugins.module_utils._ipvs_model import Action, RealServer, Service
 from ansible_collections.kubeha.apiserver.plugins.modules import ipvs_service
+from fake_ipvs import FakeIPVSAdapter
+
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
+
+MODULE = ipvs_service  # what conftest.py's run_module runs
 
 VIP = "169.254.100.1"
 ARGS = {
@@ -26,30 +30,10 @@ ARGS = {
 }
 
 
-class FakeAdapter:
-    """Records what the module would send to the kernel."""
-
-    def __init__(self, current: Service | None = None) -> None:
-        self.state = current
-        self.applied: list[Action] = []
-        self.gets = 0
-
-    def get(self, address: str, port: int, protocol: str) -> Service | None:
-        self.gets += 1
-        return self.state
-
-    def apply(self, actions: list[Action]) -> None:
-        self.applied.extend(actions)
-        self.state = simulate(self.state, actions)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def kernel(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """ip_vs loaded, modprobe never run for real, and a fake adapter in place of pyroute2."""
-    env: dict[str, Any] = {"adapter": FakeAdapter(), "modprobe": []}
+    env: dict[str, Any] = {"adapter": FakeIPVSAdapter(), "modprobe": []}
     monkeypatch.setattr(_ipvs, "ipvs_loaded", lambda proc_root="/proc": True)
 
     def fake_load(scheduler: str, run_command: Any, **kwargs: Any) -> list[str]:
@@ -61,16 +45,8 @@ def kernel(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return env
 
 
-def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:
-    full = dict(args)
-    full.update({f"_ansible_{key}": value for key, value in internal.items()})
-    with patch_module_args(full), pytest.raises(SystemExit):
-        ipvs_service.main()
-    return json.loads(capsys.readouterr().out)
-
-
-def test_creates_the_service(kernel: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, ARGS)
+def test_creates_the_service(kernel: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module(ARGS)
     assert result["changed"] is True
     assert [a.kind for a in kernel["adapter"].applied] == ["add_service", "add_dest", "add_dest"]
     assert result["actions"][0] == f"add service TCP {VIP}:6443 (scheduler rr, persistence off)"
@@ -86,20 +62,18 @@ def test_creates_the_service(kernel: dict[str, Any], capsys: pytest.CaptureFixtu
     assert "diff" not in result
 
 
-def test_second_run_is_unchanged(kernel: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    run_module(capsys, ARGS)
+def test_second_run_is_unchanged(kernel: dict[str, Any], run_module: ModuleRunner) -> None:
+    run_module(ARGS)
     kernel["adapter"].applied.clear()
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["changed"] is False
     assert result["actions"] == []
     assert kernel["adapter"].applied == []
 
 
-def test_check_mode_applies_nothing_and_reports_changed(
-    kernel: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
-    kernel["adapter"] = FakeAdapter(Service(VIP, 6443, real_servers=(RealServer("10.0.0.1", 6443, 1),)))
-    result = run_module(capsys, ARGS, check_mode=True)
+def test_check_mode_applies_nothing_and_reports_changed(kernel: dict[str, Any], run_module: ModuleRunner) -> None:
+    kernel["adapter"] = FakeIPVSAdapter(Service(VIP, 6443, real_servers=(RealServer("10.0.0.1", 6443, 1),)))
+    result = run_module(ARGS, check_mode=True)
     assert result["changed"] is True
     assert kernel["adapter"].applied == []
     assert kernel["adapter"].gets == 1
@@ -109,22 +83,22 @@ def test_check_mode_applies_nothing_and_reports_changed(
 
 
 def test_check_mode_without_ip_vs_loaded_reads_nothing(
-    kernel: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    kernel: dict[str, Any], run_module: ModuleRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_ipvs, "ipvs_loaded", lambda proc_root="/proc": False)
-    result = run_module(capsys, ARGS, check_mode=True)
+    result = run_module(ARGS, check_mode=True)
     assert result["changed"] is True
     assert kernel["adapter"].gets == 0
     assert kernel["modprobe"] == []
 
 
-def test_diff_shows_before_and_after(kernel: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    kernel["adapter"] = FakeAdapter(
+def test_diff_shows_before_and_after(kernel: dict[str, Any], run_module: ModuleRunner) -> None:
+    kernel["adapter"] = FakeIPVSAdapter(
         Service(
             VIP, 6443, scheduler="wlc", real_servers=(RealServer("10.0.0.1", 6443, 1), RealServer("10.0.0.9", 6443))
         )
     )
-    result = run_module(capsys, ARGS, diff=True, check_mode=True)
+    result = run_module(ARGS, diff=True, check_mode=True)
     assert result["diff"]["before"] == {
         "address": VIP,
         "port": 6443,
@@ -144,9 +118,9 @@ def test_diff_shows_before_and_after(kernel: dict[str, Any], capsys: pytest.Capt
     assert kernel["adapter"].applied == []
 
 
-def test_absent_removes_and_returns_empty_service(kernel: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    kernel["adapter"] = FakeAdapter(Service(VIP, 6443))
-    result = run_module(capsys, {"address": VIP, "port": 6443, "state": "absent"}, diff=True)
+def test_absent_removes_and_returns_empty_service(kernel: dict[str, Any], run_module: ModuleRunner) -> None:
+    kernel["adapter"] = FakeIPVSAdapter(Service(VIP, 6443))
+    result = run_module({"address": VIP, "port": 6443, "state": "absent"}, diff=True)
     assert result["changed"] is True
     assert [a.kind for a in kernel["adapter"].applied] == ["delete_service"]
     assert result["service"] == {}
@@ -164,9 +138,9 @@ def test_absent_removes_and_returns_empty_service(kernel: dict[str, Any], capsys
     ],
 )
 def test_bad_input_fails_with_the_message_and_touches_nothing(
-    kernel: dict[str, Any], capsys: pytest.CaptureFixture[str], args: dict[str, Any], fragment: str
+    kernel: dict[str, Any], run_module: ModuleRunner, args: dict[str, Any], fragment: str
 ) -> None:
-    result = run_module(capsys, {**ARGS, **args})
+    result = run_module({**ARGS, **args})
     assert result["failed"] is True
     assert fragment in result["msg"]
     assert kernel["adapter"].applied == []
@@ -174,25 +148,25 @@ def test_bad_input_fails_with_the_message_and_touches_nothing(
     assert kernel["modprobe"] == []
 
 
-def test_kernel_error_is_reported_as_failure(kernel: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    class Failing(FakeAdapter):
+def test_kernel_error_is_reported_as_failure(kernel: dict[str, Any], run_module: ModuleRunner) -> None:
+    class Failing(FakeIPVSAdapter):
         def apply(self, actions: list[Action]) -> None:
             raise _ipvs.IPVSError(f"adding real server 10.0.0.1:6443 to TCP {VIP}:6443: EEXIST")
 
     kernel["adapter"] = Failing(Service(VIP, 6443))
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["failed"] is True
     assert result["msg"] == f"adding real server 10.0.0.1:6443 to TCP {VIP}:6443: EEXIST"
 
 
 def test_missing_pyroute2_is_reported_with_missing_required_lib(
-    kernel: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    kernel: dict[str, Any], run_module: ModuleRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_pyroute2() -> None:
         raise MissingLibraryError("pyroute2", "Traceback ...\nModuleNotFoundError: No module named 'pyroute2'\n")
 
     monkeypatch.setattr(ipvs_service, "make_adapter", no_pyroute2)
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["failed"] is True
     assert "Failed to import the required Python library (pyroute2)" in result["msg"]
     # the import traceback is passed as exception=; ansible-core 2.19 shows it only with tracebacks enabled

@@ -8,28 +8,25 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _client_cert
 from ansible_collections.kubeha.apiserver.plugins.modules import kubeconfig_client_cert
+
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
+MODULE = kubeconfig_client_cert  # what conftest.py's run_module runs
 
 
 def identity(name: str) -> tuple[bytes, bytes, str]:
@@ -72,14 +69,6 @@ def kubeconfig(path: Path, users: dict[str, dict[str, Any]], current_user: str) 
     return path
 
 
-def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> tuple[dict[str, Any], str]:
-    full = dict(args) | {f"_ansible_{key}": value for key, value in internal.items()}
-    with patch_module_args(full), pytest.raises(SystemExit):
-        kubeconfig_client_cert.main()
-    out = capsys.readouterr().out
-    return json.loads(out), out
-
-
 def secrets_of(key_pem: bytes) -> list[str]:
     """The texts that would give the key away: its PEM body lines, its base64, the base64 of the kubeconfig value."""
     body = [line for line in key_pem.decode().splitlines() if line and not line.startswith("-----")]
@@ -98,7 +87,7 @@ def node(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_files_are_used_as_they_are_relative_to_the_kubeconfig(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_files_are_used_as_they_are_relative_to_the_kubeconfig(node: Path, run_module: ModuleRunner) -> None:
     cert, key, printed = identity("system:node:w1")
     (node / "pki" / "kubelet-client-current.pem").write_bytes(cert + key)
     conf = kubeconfig(
@@ -111,62 +100,62 @@ def test_files_are_used_as_they_are_relative_to_the_kubeconfig(node: Path, capsy
         },
         "default-auth",
     )
-    result, out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
+    result = run_module({"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
     assert result["changed"] is False
     assert result["source"] == "files"
     assert result["cert_file"] == str(node / "pki" / "kubelet-client-current.pem")  # not the working directory's
     assert result["key_file"] is None  # one file holds both
     assert result["fingerprint"] == printed
     assert not (node / "etc" / "client.pem").exists()
-    assert_no_secret(out, key)
+    assert_no_secret(run_module.out, key)
 
 
-def test_separate_files_return_both_names(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_separate_files_return_both_names(node: Path, run_module: ModuleRunner) -> None:
     cert, key, _printed = identity("system:node:w1")
     (node / "pki" / "c.crt").write_bytes(cert)
     (node / "pki" / "c.key").write_bytes(key)
     conf = kubeconfig(
         node / "k.conf", {"u": {"client-certificate": str(node / "pki" / "c.crt"), "client-key": "pki/c.key"}}, "u"
     )
-    result, _out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
+    result = run_module({"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
     assert (result["cert_file"], result["key_file"]) == (str(node / "pki" / "c.crt"), str(node / "pki" / "c.key"))
 
 
-def test_embedded_credentials_are_written_private_once(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embedded_credentials_are_written_private_once(node: Path, run_module: ModuleRunner) -> None:
     cert, key, printed = identity("system:node:w2")
     conf = kubeconfig(node / "k.conf", {"u": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}, "u")
     dest = node / "etc" / "client.pem"
     args = {"kubeconfig": str(conf), "dest": str(dest)}
 
-    result, out = run_module(capsys, args, diff=True)
+    result = run_module(args, diff=True)
     assert result["changed"] is True and result["source"] == "embedded"
     assert (result["cert_file"], result["key_file"]) == (str(dest), None)
     assert dest.read_bytes() == cert + key
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert result["diff"]["before"] == "absent\n"
     assert result["diff"]["after"] == f"certificate {printed} and its key, mode 0600\n"
-    assert_no_secret(out, key)
+    assert_no_secret(run_module.out, key)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["client.pem"]  # no temporary file left
 
-    again, _out = run_module(capsys, args)
+    again = run_module(args)
     assert again["changed"] is False
 
     dest.chmod(0o644)  # a mode that lets others read the key is repaired
-    fixed, _out = run_module(capsys, args)
+    fixed = run_module(args)
     assert fixed["changed"] is True and stat.S_IMODE(dest.stat().st_mode) == 0o600
 
 
-def test_check_mode_predicts_and_writes_nothing(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_mode_predicts_and_writes_nothing(node: Path, run_module: ModuleRunner) -> None:
     cert, key, _printed = identity("system:node:w2")
     conf = kubeconfig(node / "k.conf", {"u": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}, "u")
     dest = node / "etc" / "client.pem"
-    result, out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(dest)}, check_mode=True, diff=True)
+    result = run_module({"kubeconfig": str(conf), "dest": str(dest)}, check_mode=True, diff=True)
     assert result["changed"] is True
     assert not dest.exists() and list(dest.parent.iterdir()) == []
-    assert_no_secret(out, key)
+    assert_no_secret(run_module.out, key)
 
 
-def test_the_current_contexts_user_not_the_first(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_current_contexts_user_not_the_first(node: Path, run_module: ModuleRunner) -> None:
     first_cert, first_key, _first = identity("someone-else")
     cert, key, printed = identity("system:node:w1")
     users = {
@@ -174,24 +163,24 @@ def test_the_current_contexts_user_not_the_first(node: Path, capsys: pytest.Capt
         "node": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
     }
     conf = kubeconfig(node / "k.conf", users, "node")
-    result, _out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
+    result = run_module({"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
     assert result["user"] == "node" and result["fingerprint"] == printed
     assert (node / "etc" / "client.pem").read_bytes() == cert + key
 
 
-def test_a_stale_copy_goes_when_the_kubeconfig_names_files(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_stale_copy_goes_when_the_kubeconfig_names_files(node: Path, run_module: ModuleRunner) -> None:
     cert, key, _printed = identity("system:node:w1")
     dest = node / "etc" / "client.pem"
     embedded = kubeconfig(
         node / "a.conf", {"u": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}, "u"
     )
-    run_module(capsys, {"kubeconfig": str(embedded), "dest": str(dest)})
+    run_module({"kubeconfig": str(embedded), "dest": str(dest)})
     assert dest.exists()
     (node / "pki" / "current.pem").write_bytes(cert + key)
     files = kubeconfig(
         node / "b.conf", {"u": {"client-certificate": "pki/current.pem", "client-key": "pki/current.pem"}}, "u"
     )
-    result, _out = run_module(capsys, {"kubeconfig": str(files), "dest": str(dest)}, diff=True)
+    result = run_module({"kubeconfig": str(files), "dest": str(dest)}, diff=True)
     assert result["changed"] is True and not dest.exists()
     assert result["diff"]["after"] == "absent\n"
 
@@ -213,30 +202,28 @@ def test_a_stale_copy_goes_when_the_kubeconfig_names_files(node: Path, capsys: p
     ],
 )
 def test_bad_credentials_are_refused_naming_the_reason_and_nothing_is_written(
-    node: Path, capsys: pytest.CaptureFixture[str], user: dict[str, Any], message: str
+    node: Path, run_module: ModuleRunner, user: dict[str, Any], message: str
 ) -> None:
     if user.get("client-certificate-data") == "CERTIFICATE ONLY":
         user = {"client-certificate-data": b64(identity("x")[0])}
     conf = kubeconfig(node / "k.conf", {"u": user}, "u")
-    result, _out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
+    result = run_module({"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
     assert result["failed"] is True
     assert message in result["msg"] and "users[u]" in result["msg"], result["msg"]
     assert list((node / "etc").iterdir()) == []
 
 
-def test_a_key_that_is_not_the_certificates_is_refused_before_any_write(
-    node: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_key_that_is_not_the_certificates_is_refused_before_any_write(node: Path, run_module: ModuleRunner) -> None:
     cert, _key, _printed = identity("system:node:w1")
     _other_cert, other_key, _other = identity("another")
     conf = kubeconfig(
         node / "k.conf", {"u": {"client-certificate-data": b64(cert), "client-key-data": b64(other_key)}}, "u"
     )
-    result, out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
+    result = run_module({"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
     assert result["failed"] is True
     assert "the client certificate and key do not load together" in result["msg"]
     assert list((node / "etc").iterdir()) == []
-    assert_no_secret(out, other_key)
+    assert_no_secret(run_module.out, other_key)
 
 
 def test_negative_control_the_pair_check_accepts_a_matching_pair(node: Path) -> None:
@@ -248,11 +235,11 @@ def test_negative_control_the_pair_check_accepts_a_matching_pair(node: Path) -> 
         _client_cert.prove_pair(cert, other_key, "test")
 
 
-def test_a_dest_that_is_not_a_regular_file_is_refused(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_dest_that_is_not_a_regular_file_is_refused(node: Path, run_module: ModuleRunner) -> None:
     cert, key, _printed = identity("system:node:w1")
     conf = kubeconfig(node / "k.conf", {"u": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}, "u")
     (node / "etc" / "client.pem").symlink_to(node / "elsewhere")
-    result, _out = run_module(capsys, {"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
+    result = run_module({"kubeconfig": str(conf), "dest": str(node / "etc" / "client.pem")})
     assert result["failed"] is True and "is not a regular file" in result["msg"]
     assert not (node / "elsewhere").exists()
 

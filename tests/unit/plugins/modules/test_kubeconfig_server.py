@@ -26,32 +26,20 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _kubeconfig_server as ks
 from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import MissingLibraryError
 from ansible_collections.kubeha.apiserver.plugins.modules import kubeconfig_server
 
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
+
+MODULE = kubeconfig_server  # what conftest.py's run_module runs
+
 OLD = "https://10.88.0.11:6443"
 REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
-
-
-@pytest.fixture(autouse=True)
-def own_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ansible-core keeps module warnings in a process-wide registry: these tests' stay theirs."""
-    # an empty one of the same kind: a list before ansible-core 2.19, a dict since
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", type(ansible_warnings._global_warnings)())
-
-
-def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:
-    full = dict(args)
-    full.update({f"_ansible_{key}": value for key, value in internal.items()})
-    with patch_module_args(full), pytest.raises(SystemExit):
-        kubeconfig_server.main()
-    return json.loads(capsys.readouterr().out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,10 +207,10 @@ def siblings(path: Path) -> list[str]:
 
 
 def test_present_verifies_through_tls_with_the_files_own_certificate(
-    apiserver: dict[str, Any], kubelet_conf: Path, capsys: pytest.CaptureFixture[str]
+    apiserver: dict[str, Any], kubelet_conf: Path, run_module: ModuleRunner
 ) -> None:
     before = kubelet_conf.read_text()
-    result = run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"]}, diff=True)
+    result = run_module({"path": str(kubelet_conf), "server": apiserver["url"]}, diff=True)
     assert result["changed"] is True, result
     assert result["verified"] is True
     assert result["username"] == "system:node:w1"
@@ -238,22 +226,22 @@ def test_present_verifies_through_tls_with_the_files_own_certificate(
     assert key_data not in json.dumps(result), "the diff shows the private key"
     assert f"server: {apiserver['url']}" in result["diff"]["after"]
 
-    again = run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"]})
+    again = run_module({"path": str(kubelet_conf), "server": apiserver["url"]})
     assert (again["changed"], again["verified"], again["backup_file"]) == (False, False, None)
-    checked = run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"], "verify_always": True})
+    checked = run_module({"path": str(kubelet_conf), "server": apiserver["url"], "verify_always": True})
     assert (checked["changed"], checked["username"]) == (False, "system:node:w1")
 
-    restored = run_module(capsys, {"path": str(kubelet_conf), "state": "absent", "verify": False})
+    restored = run_module({"path": str(kubelet_conf), "state": "absent", "verify": False})
     assert restored["changed"] is True and restored["after"] == OLD
     assert kubelet_conf.read_text() == before
     assert not Path(result["original_file"]).exists()
 
 
 def test_check_mode_verifies_and_changes_nothing(
-    apiserver: dict[str, Any], kubelet_conf: Path, capsys: pytest.CaptureFixture[str]
+    apiserver: dict[str, Any], kubelet_conf: Path, run_module: ModuleRunner
 ) -> None:
     before = kubelet_conf.read_text()
-    result = run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"]}, check_mode=True, diff=True)
+    result = run_module({"path": str(kubelet_conf), "server": apiserver["url"]}, check_mode=True, diff=True)
     assert (result["changed"], result["username"], result["backup_file"]) == (True, "system:node:w1", None)
     assert result["diff"]["before"] != result["diff"]["after"]
     assert kubelet_conf.read_text() == before and siblings(kubelet_conf) == []
@@ -267,11 +255,11 @@ def test_check_mode_verifies_and_changes_nothing(
     ],
 )
 def test_a_server_that_does_not_work_is_refused_before_writing(
-    apiserver: dict[str, Any], kubelet_conf: Path, capsys: pytest.CaptureFixture[str], server: str, needles: list[str]
+    apiserver: dict[str, Any], kubelet_conf: Path, run_module: ModuleRunner, server: str, needles: list[str]
 ) -> None:
     url = f"https://127.0.0.1:{apiserver['closed']}" if server == "closed" else f"https://localhost:{apiserver['port']}"
     before = kubelet_conf.read_text()
-    result = run_module(capsys, {"path": str(kubelet_conf), "server": url})
+    result = run_module({"path": str(kubelet_conf), "server": url})
     assert result["failed"] is True
     for needle in needles:
         assert needle in result["msg"], result["msg"]
@@ -292,42 +280,42 @@ def test_a_server_that_does_not_work_is_refused_before_writing(
     ],
 )
 def test_bad_input_fails_clearly(
-    kubelet_conf: Path, capsys: pytest.CaptureFixture[str], args: dict[str, Any], needle: str
+    kubelet_conf: Path, run_module: ModuleRunner, args: dict[str, Any], needle: str
 ) -> None:
     before = kubelet_conf.read_text()
-    result = run_module(capsys, {"path": str(kubelet_conf)} | args)
+    result = run_module({"path": str(kubelet_conf)} | args)
     assert result["failed"] is True and needle in result["msg"], result
     assert "Traceback" not in json.dumps(result)
     assert kubelet_conf.read_text() == before and siblings(kubelet_conf) == []
 
 
-def test_not_a_kubeconfig_and_no_current_context(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_a_kubeconfig_and_no_current_context(tmp_path: Path, run_module: ModuleRunner) -> None:
     pod = tmp_path / "pod.yaml"
     pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n")
-    result = run_module(capsys, {"path": str(pod), "server": "https://169.254.100.1:6444"})
+    result = run_module({"path": str(pod), "server": "https://169.254.100.1:6444"})
     assert result["failed"] and result["msg"].startswith(f"{pod} is not a kubeconfig")
     bare = tmp_path / "bare.conf"
     bare.write_text("clusters:\n- name: a\n  cluster: {server: 'https://10.0.0.1:6443'}\ncontexts: []\n")
-    result = run_module(capsys, {"path": str(bare), "server": "https://169.254.100.1:6444"})
+    result = run_module({"path": str(bare), "server": "https://169.254.100.1:6444"})
     assert result["failed"] and result["msg"].startswith(f"{bare} has no current-context")
 
 
 def test_missing_pyyaml_is_reported_as_such(
-    kubelet_conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    kubelet_conf: Path, run_module: ModuleRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_yaml() -> Any:
         raise MissingLibraryError("PyYAML", "Traceback: no module named yaml")
 
     monkeypatch.setattr(ks, "import_yaml", no_yaml)
-    result = run_module(capsys, {"path": str(kubelet_conf), "server": "https://169.254.100.1:6444"})
+    result = run_module({"path": str(kubelet_conf), "server": "https://169.254.100.1:6444"})
     assert result["failed"] is True and "PyYAML" in result["msg"] and "Failed to import" in result["msg"]
 
 
 def test_warning_when_absent_cannot_know_the_original(
-    apiserver: dict[str, Any], kubelet_conf: Path, capsys: pytest.CaptureFixture[str]
+    apiserver: dict[str, Any], kubelet_conf: Path, run_module: ModuleRunner
 ) -> None:
     kubelet_conf.write_text(kubelet_conf.read_text().replace(OLD, apiserver["url"]))
-    result = run_module(capsys, {"path": str(kubelet_conf), "state": "absent", "server": apiserver["url"]})
+    result = run_module({"path": str(kubelet_conf), "state": "absent", "server": apiserver["url"]})
     assert result["changed"] is False
     assert any(
         "does not exist, so the server it had before is not known" in json.dumps(w) for w in result["warnings"]
@@ -431,38 +419,38 @@ def sha256(path: Path) -> str:
 
 
 def test_restart_marker_says_a_restart_is_due_until_it_is_recorded(
-    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, run_module: ModuleRunner
 ) -> None:
     # Before the write, the marker records what the unit runs (the file as it was); after it, a restart is due until
     # the marker holds the new content's digest, on this run or any later one (a run that died before the restart).
     marker = tmp_path / "markers" / "kubelet.conf.sha256"
     args = {"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)}
     original = sha256(kubelet_conf)
-    predicted = run_module(capsys, args, check_mode=True)
+    predicted = run_module(args, check_mode=True)
     assert (predicted["changed"], predicted["restart_due"]) == (True, True) and not marker.exists()
-    first = run_module(capsys, args)
+    first = run_module(args)
     assert (first["changed"], first["restart_due"]) == (True, True)
     assert marker.read_text() == original + "\n" and first["digest"] == sha256(kubelet_conf)
-    later = run_module(capsys, args)  # the run died before restarting: the next one still says so
+    later = run_module(args)  # the run died before restarting: the next one still says so
     assert (later["changed"], later["restart_due"]) == (False, True)
     marker.write_text(later["digest"] + "\n")  # what the role records once the unit restarted
-    done = run_module(capsys, args)
+    done = run_module(args)
     assert (done["changed"], done["restart_due"]) == (False, False)
 
 
 def test_negative_control_without_a_marker_an_unchanged_file_needs_no_restart(
-    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, run_module: ModuleRunner
 ) -> None:
     """A node the collection never restarted anything on: no marker, the file already at the endpoint."""
     marker = tmp_path / "markers" / "kubelet.conf.sha256"
     kubelet_conf.write_text(kubelet_conf.read_text().replace(OLD, apiserver["url"]))
-    result = run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)})
+    result = run_module({"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)})
     assert (result["changed"], result["restart_due"]) == (False, False) and not marker.exists()
-    assert run_module(capsys, {"path": str(kubelet_conf), "server": apiserver["url"]})["restart_due"] is False
+    assert run_module({"path": str(kubelet_conf), "server": apiserver["url"]})["restart_due"] is False
 
 
 def test_role_records_the_marker_and_completes_a_switch_left_half_done(
-    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    apiserver: dict[str, Any], kubelet_conf: Path, tmp_path: Path, run_module: ModuleRunner,
     accept: Callable[[int | None], None],
 ) -> None:  # fmt: skip
     # The module alone plays the run that wrote the file and died before the restart; the role's next run has no
@@ -470,7 +458,7 @@ def test_role_records_the_marker_and_completes_a_switch_left_half_done(
     # nothing more.
     marker = tmp_path / "markers" / (str(kubelet_conf).lstrip("/").replace("/", "_") + ".sha256")
     args = {"path": str(kubelet_conf), "server": apiserver["url"], "restart_marker": str(marker)}
-    assert run_module(capsys, args)["restart_due"] is True
+    assert run_module(args)["restart_due"] is True
     switched = kubelet_conf.read_text()
     run = run_role(tmp_path, apiserver["url"], kubelet_conf)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.kubeha.apiserver.plugins.module_utils import _daemonset_restart
 from ansible_collections.kubeha.apiserver.plugins.module_utils._daemonset_restart import (
     RESTARTED_AT,
@@ -23,6 +22,11 @@ from ansible_collections.kubeha.apiserver.plugins.module_utils._kubeapi import (
     error_for_status,
 )
 from ansible_collections.kubeha.apiserver.plugins.modules import kubeproxy_exclude_cidr
+
+if TYPE_CHECKING:
+    from .conftest import ModuleRunner
+
+MODULE = kubeproxy_exclude_cidr  # what conftest.py's run_module runs
 
 CM_PATH = "/api/v1/namespaces/kube-system/configmaps/kube-proxy"
 DS_PATH = "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
@@ -148,20 +152,12 @@ def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return env
 
 
-def run_module(capsys: pytest.CaptureFixture[str], args: dict[str, Any], **internal: Any) -> dict[str, Any]:
-    full = dict(args)
-    full.update({f"_ansible_{key}": value for key, value in internal.items()})
-    with patch_module_args(full), pytest.raises(SystemExit):
-        kubeproxy_exclude_cidr.main()
-    return json.loads(capsys.readouterr().out)
-
-
 def stored(api: dict[str, Any]) -> str:
     return api["fake"].configmap["data"]["config.conf"]
 
 
-def test_adds_the_cidrs(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, ARGS)
+def test_adds_the_cidrs(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module(ARGS)
     assert result["changed"] is True
     assert result["exclude_cidrs"] == ["169.254.100.1/32", "fd00:100::1/128"]
     assert (result["mode"], result["mode_is_ipvs"], result["restarted"]) == ("ipvs", True, False)
@@ -174,19 +170,17 @@ def test_adds_the_cidrs(api: dict[str, Any], capsys: pytest.CaptureFixture[str])
     assert "diff" not in result
 
 
-def test_second_run_is_unchanged(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    run_module(capsys, ARGS)
+def test_second_run_is_unchanged(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    run_module(ARGS)
     api["fake"].calls.clear()
-    result = run_module(capsys, {"cidrs": ["FD00:100:0::1/128", "169.254.100.1/32"]})
+    result = run_module({"cidrs": ["FD00:100:0::1/128", "169.254.100.1/32"]})
     assert result["changed"] is False
     assert result["exclude_cidrs"] == ["169.254.100.1/32", "fd00:100::1/128"]
     assert api["fake"].methods() == ["GET"]
 
 
-def test_check_mode_writes_nothing_and_diff_shows_the_text(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
-    result = run_module(capsys, ARGS, check_mode=True, diff=True)
+def test_check_mode_writes_nothing_and_diff_shows_the_text(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module(ARGS, check_mode=True, diff=True)
     assert result["changed"] is True
     assert api["fake"].methods() == ["GET"]
     assert stored(api) == CONFIG
@@ -199,34 +193,32 @@ def test_check_mode_writes_nothing_and_diff_shows_the_text(
     }
 
 
-def test_diff_when_unchanged(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_when_unchanged(api: dict[str, Any], run_module: ModuleRunner) -> None:
     api["fake"] = FakeAPI(EXPECTED)
-    result = run_module(capsys, ARGS, diff=True)
+    result = run_module(ARGS, diff=True)
     assert result["changed"] is False
     assert result["diff"]["before"] == result["diff"]["after"] == EXPECTED
 
 
-def test_absent_removes_back_to_null(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_absent_removes_back_to_null(api: dict[str, Any], run_module: ModuleRunner) -> None:
     api["fake"] = FakeAPI(EXPECTED)
-    result = run_module(capsys, {**ARGS, "state": "absent"})
+    result = run_module({**ARGS, "state": "absent"})
     assert result["changed"] is True
     assert result["exclude_cidrs"] == []
     assert stored(api) == CONFIG
 
 
-def test_invalid_cidr_fails_before_any_client_call(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {"cidrs": ["169.254.100.1", "10.0.0.1/24"]})
+def test_invalid_cidr_fails_before_any_client_call(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({"cidrs": ["169.254.100.1", "10.0.0.1/24"]})
     assert result["failed"] is True
     assert result["msg"].startswith("10.0.0.1/24 has host bits set")
     assert api["kubeconfigs"] == []
     assert api["fake"].calls == []
 
 
-def test_configmap_missing_explains_non_kubeadm_clusters(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_configmap_missing_explains_non_kubeadm_clusters(api: dict[str, Any], run_module: ModuleRunner) -> None:
     api["fake"] = FakeAPI(config=None)
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["failed"] is True
     msg = result["msg"]
     assert msg.startswith("ConfigMap kube-system/kube-proxy was not found (not found: cannot get configmaps")
@@ -235,8 +227,8 @@ def test_configmap_missing_explains_non_kubeadm_clusters(
     assert api["fake"].methods() == ["GET"]
 
 
-def test_key_missing(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {**ARGS, "key": "proxy.yaml"})
+def test_key_missing(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({**ARGS, "key": "proxy.yaml"})
     assert result["failed"] is True
     assert (
         result["msg"] == "ConfigMap kube-system/kube-proxy has no key 'proxy.yaml' (keys: config.conf, kubeconfig.conf)"
@@ -244,9 +236,9 @@ def test_key_missing(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) ->
     assert api["fake"].methods() == ["GET"]
 
 
-def test_malformed_yaml(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_yaml(api: dict[str, Any], run_module: ModuleRunner) -> None:
     api["fake"] = FakeAPI("mode: [ipvs\n")
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["failed"] is True
     assert result["msg"].startswith(
         "ConfigMap kube-system/kube-proxy, key config.conf: the configuration is not valid YAML"
@@ -254,7 +246,7 @@ def test_malformed_yaml(api: dict[str, Any], capsys: pytest.CaptureFixture[str])
     assert api["fake"].methods() == ["GET"]
 
 
-def test_forbidden_names_verb_and_resource(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_forbidden_names_verb_and_resource(api: dict[str, Any], run_module: ModuleRunner) -> None:
     message = (
         'configmaps "kube-proxy" is forbidden: User "system:node:cp1" cannot update resource "configmaps" '
         'in API group "" in the namespace "kube-system"'
@@ -262,13 +254,13 @@ def test_forbidden_names_verb_and_resource(api: dict[str, Any], capsys: pytest.C
     api["fake"].errors[("PUT", CM_PATH)] = error_for_status(
         "PUT", CM_PATH, 403, json.dumps({"message": message}).encode()
     )
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["failed"] is True
     assert result["msg"] == f"forbidden: cannot update configmaps kube-system/kube-proxy: {message}"
     assert stored(api) == CONFIG
 
 
-def test_conflict_is_retried(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_conflict_is_retried(api: dict[str, Any], run_module: ModuleRunner) -> None:
     fake = api["fake"]
     original_put = fake.put
     conflicts = [error_for_status("PUT", CM_PATH, 409, b'{"message": "the object has been modified"}')]
@@ -280,14 +272,14 @@ def test_conflict_is_retried(api: dict[str, Any], capsys: pytest.CaptureFixture[
         return original_put(path, body)
 
     fake.put = put
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["changed"] is True
     assert fake.methods() == ["GET", "PUT", "GET", "PUT"]
     assert stored(api) == EXPECTED
 
 
-def test_restart_only_when_changed(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {**ARGS, "restart": True})
+def test_restart_only_when_changed(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({**ARGS, "restart": True})
     assert result["restarted"] is True
     # The DaemonSet had no marker: what its pods run is recorded before the ConfigMap changes, then the restart
     # records the new ConfigMap in the same patch that rolls the pods.
@@ -296,30 +288,28 @@ def test_restart_only_when_changed(api: dict[str, Any], capsys: pytest.CaptureFi
     assert api["fake"].daemonset["metadata"]["annotations"][RESTARTED_FOR] == configmap_digest(api["fake"].configmap)
 
     api["fake"].calls.clear()
-    result = run_module(capsys, {**ARGS, "restart": True})
+    result = run_module({**ARGS, "restart": True})
     assert (result["changed"], result["restarted"]) == (False, False)
     assert "PATCH" not in api["fake"].methods()
 
 
-def test_check_mode_does_not_restart(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, {**ARGS, "restart": True, "wait": True}, check_mode=True)
+def test_check_mode_does_not_restart(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({**ARGS, "restart": True, "wait": True}, check_mode=True)
     assert (result["changed"], result["restarted"]) == (True, True)  # what would happen
     assert api["fake"].methods() == ["GET", "GET"]
     assert "annotations" not in api["fake"].daemonset["spec"]["template"]["metadata"]
 
 
-def test_restart_and_wait(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_restart_and_wait(api: dict[str, Any], run_module: ModuleRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_daemonset_restart.time, "sleep", lambda seconds: None)
-    result = run_module(capsys, {**ARGS, "restart": True, "wait": True, "wait_timeout": 5})
+    result = run_module({**ARGS, "restart": True, "wait": True, "wait_timeout": 5})
     assert result["restarted"] is True
     assert api["fake"].methods() == ["GET", "GET", "PATCH", "GET", "PUT", "PATCH", "GET"]
 
 
-def test_restart_with_missing_daemonset_writes_nothing(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_restart_with_missing_daemonset_writes_nothing(api: dict[str, Any], run_module: ModuleRunner) -> None:
     api["fake"] = FakeAPI(daemonset=False)
-    result = run_module(capsys, {**ARGS, "restart": True})
+    result = run_module({**ARGS, "restart": True})
     assert result["failed"] is True
     assert result["msg"].startswith("DaemonSet kube-system/kube-proxy was not found")
     assert "nothing was changed" in result["msg"]
@@ -333,10 +323,10 @@ def restarted_before(api: dict[str, Any]) -> None:
     api["fake"].daemonset["metadata"]["annotations"] = marker
 
 
-def test_failed_restart_reports_the_change(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_restart_reports_the_change(api: dict[str, Any], run_module: ModuleRunner) -> None:
     restarted_before(api)
     api["fake"].errors[("PATCH", DS_PATH)] = error_for_status("PATCH", DS_PATH, 403, b'{"message": "no"}')
-    result = run_module(capsys, {**ARGS, "restart": True})
+    result = run_module({**ARGS, "restart": True})
     assert result["failed"] is True
     assert result["changed"] is True
     assert result["restarted"] is False
@@ -347,9 +337,9 @@ def test_failed_restart_reports_the_change(api: dict[str, Any], capsys: pytest.C
     assert stored(api) == EXPECTED
 
 
-def test_warns_when_not_ipvs(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_warns_when_not_ipvs(api: dict[str, Any], run_module: ModuleRunner) -> None:
     api["fake"] = FakeAPI(CONFIG.replace("mode: ipvs", 'mode: ""'))
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["changed"] is True
     assert (result["mode"], result["mode_is_ipvs"]) == ("", False)
     assert len(result["warnings"]) == 1
@@ -358,55 +348,51 @@ def test_warns_when_not_ipvs(api: dict[str, Any], capsys: pytest.CaptureFixture[
     assert "harmless there but not needed" in warning
 
 
-def test_other_objects_and_kubeconfig(api: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(
-        capsys, {**ARGS, "namespace": "proxy", "configmap": "kp", "kubeconfig": "/etc/kubeha/other.conf"}
-    )
+def test_other_objects_and_kubeconfig(api: dict[str, Any], run_module: ModuleRunner) -> None:
+    result = run_module({**ARGS, "namespace": "proxy", "configmap": "kp", "kubeconfig": "/etc/kubeha/other.conf"})
     assert result["failed"] is True
     assert api["fake"].calls == [("GET", "/api/v1/namespaces/proxy/configmaps/kp")]
     assert api["kubeconfigs"] == ["/etc/kubeha/other.conf"]
     assert "ConfigMap proxy/kp was not found" in result["msg"]
 
 
-def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch, run_module: ModuleRunner) -> None:
     def no_yaml(kubeconfig: str, allow_insecure: bool = False) -> None:
         raise MissingLibraryError("PyYAML", "Traceback: ModuleNotFoundError: No module named 'yaml'")
 
     monkeypatch.setattr(kubeproxy_exclude_cidr, "make_client", no_yaml)
-    result = run_module(capsys, ARGS)
+    result = run_module(ARGS)
     assert result["failed"] is True
     assert "PyYAML" in result["msg"]
     assert "Failed to import the required Python library" in result["msg"]
 
 
-def test_real_make_client_reads_the_kubeconfig(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    result = run_module(capsys, {**ARGS, "kubeconfig": "/nonexistent/admin.conf"})
+def test_real_make_client_reads_the_kubeconfig(monkeypatch: pytest.MonkeyPatch, run_module: ModuleRunner) -> None:
+    result = run_module({**ARGS, "kubeconfig": "/nonexistent/admin.conf"})
     assert result["failed"] is True
     assert result["msg"].startswith("cannot read the kubeconfig /nonexistent/admin.conf")
 
 
 def test_a_restart_that_an_earlier_run_left_undone_happens_on_the_next_run(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    api: dict[str, Any], run_module: ModuleRunner
 ) -> None:
     # The first run changes the ConfigMap and dies before the restart (its PATCH refused): the marker it recorded
     # first says the pods run the old ConfigMap, so the next run restarts, though it changes nothing itself.
     api["fake"].errors[("PATCH", DS_PATH)] = error_for_status("PATCH", DS_PATH, 503, b'{"message": "down"}')
     api["fake"].daemonset["metadata"]["annotations"] = {}
-    first = run_module(capsys, {**ARGS, "restart": True})
+    first = run_module({**ARGS, "restart": True})
     assert first["failed"] is True and "nothing was changed" in first["msg"] and stored(api) == CONFIG
     del api["fake"].errors[("PATCH", DS_PATH)]
     fail_restart_once(api)
-    second = run_module(capsys, {**ARGS, "restart": True})
+    second = run_module({**ARGS, "restart": True})
     assert (second.get("failed"), second["changed"], second["restarted"]) == (True, True, False)
     assert stored(api) == EXPECTED
-    check = run_module(capsys, {**ARGS, "restart": True}, check_mode=True)
+    check = run_module({**ARGS, "restart": True}, check_mode=True)
     assert (check["changed"], check["restarted"]) == (True, True)  # predicted: a restart is a change
-    third = run_module(capsys, {**ARGS, "restart": True})
+    third = run_module({**ARGS, "restart": True})
     assert (third["changed"], third["restarted"]) == (True, True)
     assert RESTARTED_AT in api["fake"].daemonset["spec"]["template"]["metadata"]["annotations"]
-    fourth = run_module(capsys, {**ARGS, "restart": True})
+    fourth = run_module({**ARGS, "restart": True})
     assert (fourth["changed"], fourth["restarted"]) == (False, False)  # done once, not at every run
 
 
@@ -425,12 +411,12 @@ def fail_restart_once(api: dict[str, Any]) -> None:
 
 
 def test_a_configmap_changed_by_hand_with_no_marker_is_not_a_restart(
-    api: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    api: dict[str, Any], run_module: ModuleRunner
 ) -> None:
     """Negative control: a cluster the collection never restarted has no marker; a run that changes nothing does not
     restart kube-proxy (the pods are taken to run the ConfigMap as it is), with an up-to-date marker neither."""
     api["fake"].configmap["data"]["config.conf"] = EXPECTED
-    assert run_module(capsys, {**ARGS, "restart": True})["restarted"] is False
+    assert run_module({**ARGS, "restart": True})["restarted"] is False
     assert "PATCH" not in api["fake"].methods()
     restarted_before(api)
-    assert run_module(capsys, {**ARGS, "restart": True})["restarted"] is False
+    assert run_module({**ARGS, "restart": True})["restarted"] is False

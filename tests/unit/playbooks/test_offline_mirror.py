@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_tasks import tasks_in
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -125,18 +126,6 @@ def test_pip_options_follow_the_variables(pip_options):
         "--find-links=http://10.0.0.5/wheels/",
         "--trusted-host=10.0.0.5",
     ]
-
-
-def tasks_in(node):
-    """Every task (a mapping with a name) in a task file or playbook, blocks and plays included."""
-    if isinstance(node, list):
-        for item in node:
-            yield from tasks_in(item)
-    elif isinstance(node, dict):
-        if "name" in node:
-            yield node
-        for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
-            yield from tasks_in(node.get(key))
 
 
 def test_every_pip_run_of_the_collection_takes_the_options():

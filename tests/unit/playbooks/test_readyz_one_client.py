@@ -15,28 +15,16 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ansible_tasks import tasks_in
 from tls_rig import closed_port
 
 REPO = Path(__file__).resolve().parents[3]
 URI = {"ansible.builtin.uri", "ansible.legacy.uri", "uri"}
 READYZ = "kubeha.apiserver.apiserver_readyz"
-
-
-def tasks_in(node: Any) -> Iterator[dict[str, Any]]:
-    """Every task (a mapping with a name) in a task file or playbook, blocks, plays and handlers included."""
-    if isinstance(node, list):
-        for item in node:
-            yield from tasks_in(item)
-    elif isinstance(node, dict):
-        if "name" in node:
-            yield node
-        for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
-            yield from tasks_in(node.get(key))
 
 
 def uri_readyz_tasks(text: str, where: str) -> list[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_tasks import tasks_in
 
 REPO = Path(__file__).resolve().parents[3]
 HOME = "roles/kubeha_defaults/defaults/main.yml"
@@ -109,17 +110,6 @@ def test_negative_control_an_inline_default_of_the_ca_file_is_found():
     assert found == ["src: \"{{ local_proxy_ca_file | default('/etc/kubernetes/pki/ca.crt') }}\""]
     assert "/etc/kubernetes/pki/ca.crt" in text  # in a comment, documentation: not a copy
     assert literal_lines("prepare_node.yml", text) == []
-
-
-def tasks_in(node):
-    if isinstance(node, list):
-        for item in node:
-            yield from tasks_in(item)
-    elif isinstance(node, dict):
-        if "name" in node:
-            yield node
-        for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
-            yield from tasks_in(node.get(key))
 
 
 def test_kube_proxy_is_restarted_by_one_task_file():

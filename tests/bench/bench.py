@@ -22,19 +22,32 @@ itself; the lab is left as found, except that site.yml has been applied and the 
     (make bench runs every section: latency, failover, rotation, guard)
 
 Beside the JSON it draws failover.png, every failover request on a timeline (tests/bench/plot.py).
+
+A run keeps what it measured, even on a slow machine: the JSON is written again (whole, atomically) as soon as each
+scenario is measured (a latency group, a failover scenario through one proxy, a rotation, the guard section). A
+scenario that raises is recorded in its place as {"failed": true, "error": "<one line>"}, logged, and the run goes
+on; the table shows it as FAILED, the picture leaves it out. A failure between scenarios (the masters not ready
+again, the bench's proxies not removed) is logged and kept in "errors". Either makes the exit status 1, once the
+table is printed. site.yml failing at the start ends the run (nothing can be measured), with its failed tasks: host,
+task and message (failed_tasks). A connection that ssh could not open (a busy node's sshd) is tried again, by the
+lab's ssh() and by Ansible.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,10 +76,140 @@ LATENCY_RATIO, LATENCY_BLOCKS = 1.05, 5
 NFT_LATENCY_RATIO = 1.03
 # An indented JSON list of numbers, booleans or nulls (no strings: a string holds no raw newline, so never matches).
 _SCALAR_LIST = re.compile(r"\[\n\s+((?:[-+.\w]+,\n\s+)*[-+.\w]+)\n\s*\]")
+# ansible-playbook's default output: a task's header, and a failed result on a host (a loop item's, or the task's).
+_TASK_HEADER = re.compile(r"^(?P<header>(?:TASK|RUNNING HANDLER) \[.*\])\s*\**\s*$")
+_TASK_FAILED = re.compile(
+    r"^(?:fatal|failed): \[(?P<host>[^\]]+)\](?: \(item=(?P<item>.*?)\))?(?:: (?P<status>[A-Z]+!))? => (?P<result>.*)$"
+)
+ERROR_CHARS = 400  # an error kept in the results: one line, at most this long
 
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- failures ---------------------------------------------------------------------------------------------
+
+
+class PlaybookFailed(RuntimeError):
+    """A playbook run by the bench failed; the message names its failed tasks (playbook_failure)."""
+
+
+def shorten(text: str, width: int = ERROR_CHARS) -> str:
+    """`text` on one line (whitespace collapsed), at most `width` characters: its head and its tail, where an error
+    says what failed (the node, the command) and why (ssh's or the command's last words)."""
+    line = " ".join(str(text).split())
+    if len(line) <= width:
+        return line
+    head = width // 3
+    return f"{line[:head]} ... {line[-(width - head - 5) :]}"
+
+
+def one_line(exc: BaseException) -> str:
+    return shorten(f"{type(exc).__name__}: {exc}")
+
+
+def failed_tasks(output: str) -> str:
+    """The failed tasks in an ansible-playbook run's output (the default callback's), one line each: the host (and
+    loop item), the task (its "TASK [...]" header), the result's msg, and its rc and stderr when it has them. A
+    failure followed by "...ignoring" is left out. "" when the output shows no failed task."""
+    lines = output.splitlines()
+    header, found = "TASK [?]", []
+    for i, line in enumerate(lines):
+        if task := _TASK_HEADER.match(line):
+            header = task["header"]
+            continue
+        if not (failure := _TASK_FAILED.match(line)):
+            continue
+        if next((rest.strip() for rest in lines[i + 1 :] if rest.strip()), "") == "...ignoring":
+            continue
+        try:
+            result = json.loads(failure["result"])
+        except ValueError:
+            result = None
+        if not isinstance(result, dict):
+            result = {"msg": failure["result"]}
+        said = [shorten(result.get("msg") or "(no msg)")]
+        if result.get("rc") not in (None, 0):
+            said.append(f"rc {result['rc']}")
+        if stderr := result.get("stderr") or result.get("module_stderr"):
+            said.append(f"stderr: {shorten(stderr, 200)}")
+        item = f" (item={failure['item']})" if failure["item"] is not None else ""
+        status = f" {failure['status']}" if failure["status"] else ""
+        found.append(f"{failure['host']}{item}: {header}{status} {'; '.join(said)}")
+    return "\n".join(found)
+
+
+def playbook_failure(what: str, res: subprocess.CompletedProcess) -> str:
+    """What to say of a failed ansible-playbook run: its failed tasks, or else the last lines of its output."""
+    said = failed_tasks(res.stdout or "")
+    if not said:
+        tail = ((res.stdout or "") + "\n" + (res.stderr or "")).strip().splitlines()[-20:]
+        said = "no failed task in its output, which ends:\n" + "\n".join(tail)
+    return f"{what} failed (exit status {res.returncode}):\n{said}"
+
+
+failed = plotmod.failed  # whether a place in the results holds a scenario that raised (the picture leaves it out)
+
+
+def failures(results: dict) -> list[str]:
+    """What failed in a run: the failed scenarios, then the failed steps between them ("errors")."""
+    found = [f"latency {group}" for group, entry in results.get("latency", {}).items() if failed(entry)]
+    for scenario, by_proxy in results.get("failover", {}).items():
+        found += [f"failover {scenario} {proxy}" for proxy, entry in by_proxy.items() if failed(entry)]
+    found += [f"rotation {restart}" for restart, entry in results.get("rotation", {}).items() if failed(entry)]
+    if failed(results.get("guard")):
+        found.append("guard")
+    return found + [e["step"] for e in results.get("errors", [])]
+
+
+class Recorder:
+    """Measures the scenarios one by one into their places in `results`, handing the whole results to `save` after
+    each one. A scenario that raises an Exception is recorded in its place as {"failed": True, "error": one line},
+    logged, and the run goes on (KeyboardInterrupt and SystemExit go through)."""
+
+    def __init__(self, results: dict, save: Callable[[dict], object]) -> None:
+        self.results, self.save = results, save
+
+    def measure(self, place: tuple[str, ...], label: str, scenario: Callable[[], dict]) -> dict:
+        try:
+            entry = scenario()
+        except Exception as exc:
+            entry = {"failed": True, "error": one_line(exc)}
+            traceback.print_exc()
+            log(f"{label}: FAILED: {entry['error']}")
+        target = self.results
+        for key in place[:-1]:
+            target = target.setdefault(key, {})
+        target[place[-1]] = entry
+        self.save(self.results)
+        return entry
+
+    def step(self, label: str, action: Callable[[], object]) -> bool:
+        """A step between or after the scenarios (the masters ready again, the bench's proxies removed): when it
+        raises an Exception, logged and kept in results["errors"], and the run goes on. Whether it succeeded."""
+        try:
+            action()
+        except Exception as exc:
+            error = one_line(exc)
+            traceback.print_exc()
+            log(f"{label}: FAILED: {error}")
+            self.results.setdefault("errors", []).append({"step": label, "error": error})
+            self.save(self.results)
+            return False
+        return True
+
+
+def write_json(path: Path, results: dict) -> None:
+    """The results at `path`, whole, atomically (a file beside it, renamed over it): a reader never sees half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(dumps(results) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- the lab ----------------------------------------------------------------------------------------------
@@ -128,7 +271,7 @@ def nftables_service(node: labmod.Node, masters: list[labmod.Node], state: str) 
         path.write_text(json.dumps(play))
         res = run_playbook(path)
     if res.returncode != 0:
-        raise SystemExit(res.stdout[-3000:])
+        raise PlaybookFailed(playbook_failure(f"the nftables_service play ({state})", res))
 
 
 def nftables_up(node: labmod.Node, masters: list[labmod.Node]) -> bool:
@@ -196,12 +339,22 @@ def failover(node: labmod.Node, host: str, port: int, victim: labmod.Node, event
     planned = time.time() + EVENT_AFTER_S + 1.0  # the SSH session takes a moment to start the script
     argv = f"{host} {port} {CA} {victim.name} {DURATION_S} {planned + offset:.3f} {LONG_LIVED}"
     load = subprocess.Popen(
-        labmod.ssh_argv(node, f"python3 -c {shlex.quote(script)} {argv}"), stdout=subprocess.PIPE, text=True
+        labmod.ssh_argv(node, f"python3 -c {shlex.quote(script)} {argv}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    time.sleep(max(0.0, planned - time.time()))
-    event_at, event_end = strike(event, offset)
-    run = json.loads(load.communicate(timeout=DURATION_S + 60)[0])
-    return summarize(run, event_at, event_end) | {"victim": victim.name}
+    try:
+        time.sleep(max(0.0, planned - time.time()))
+        event_at, event_end = strike(event, offset)
+        out, err = load.communicate(timeout=DURATION_S + 60)
+    except BaseException:
+        load.kill()  # the event failed, or the load outlived its bound: no SSH session left behind
+        load.wait()
+        raise
+    if load.returncode != 0:
+        raise RuntimeError(f"{node.name}: the load through {host}:{port} failed ({load.returncode}): {err.strip()}")
+    return summarize(json.loads(out), event_at, event_end) | {"victim": victim.name}
 
 
 def summarize(run: dict, event_at: float, event_end: float | None = None) -> dict:
@@ -282,9 +435,25 @@ def rotation(restart: str, nodes: list[labmod.Node]) -> dict:
     name = f"kubeha-bench-{restart}-{int(time.time())}.lab"
     variables = {"apiserver_cert_sans_extra": [name], "apiserver_cert_sans_restart": restart}
     started = time.time()
-    run, load = under_load(nodes, lambda: run_playbook(CERT_PLAY, variables=variables, timeout=900))
+    done = threading.Event()
+
+    def play() -> subprocess.CompletedProcess | Exception:
+        try:
+            return run_playbook(CERT_PLAY, variables=variables, timeout=900)
+        except Exception as exc:  # raised below, in this thread, rather than lost in the playbook's own
+            return exc
+        finally:
+            done.set()
+
+    try:
+        run, load = under_load(nodes, play)
+    except Exception:
+        done.wait(960)  # the load failed: the playbook goes on in its thread; the next scenario waits for its end
+        raise
+    if isinstance(run, Exception):
+        raise run
     if run.returncode != 0:
-        raise SystemExit(run.stdout[-4000:])
+        raise PlaybookFailed(playbook_failure(CERT_PLAY.name, run))
     return {"seconds": round(time.time() - started, 1), "by_node": load}
 
 
@@ -294,7 +463,36 @@ def rotation(restart: str, nodes: list[labmod.Node]) -> dict:
 SECTIONS = ("latency", "failover", "rotation", "guard")
 
 
-def run(rounds: int, sections: tuple[str, ...] = SECTIONS) -> dict:
+def latency_checked(node: labmod.Node, masters: list[labmod.Node], proxies: dict[str, str], rounds: int,
+                    checked: str, bound: float) -> dict:  # fmt: skip
+    """latency(), and whether `checked`'s ratios meet `bound` on new and on kept connections."""
+    figures = latency(node, masters, proxies, rounds)
+    fig = figures[checked]
+    fig["meets"] = {"latency": all(fig[f"{kind}_ratio"] <= bound for kind in ("fresh", "kept"))}
+    return figures
+
+
+def failover_scenario(scenario: str, proxy: str, node: labmod.Node, host: str, port: int,
+                      victim: labmod.Node) -> dict:  # fmt: skip
+    """One failover through one proxy: `victim`'s apiserver killed, or black-holed (undone whatever happens)."""
+    if scenario == "killed":
+        outcome = failover(node, host, port, victim, lambda: kill_apiserver(victim))
+    else:
+        try:
+            outcome = failover(node, host, port, victim, lambda: labmod.ssh(victim, DROP))
+        finally:
+            labmod.ssh(victim, UNDROP, check=False)
+    outcome["meets"] = meets(proxy, scenario, outcome)
+    return outcome
+
+
+def settle(masters: list[labmod.Node]) -> None:
+    wait_all_ready(masters)
+    time.sleep(5)  # the guards and haproxy take the master back (rise 2)
+
+
+def run(rounds: int, sections: tuple[str, ...] = SECTIONS, save: Callable[[dict], object] = lambda _r: None) -> dict:
+    """Every section asked for; `save` gets the whole results at the start and after each scenario (Recorder)."""
     nodes = ensure_lab()
     masters = [n for n in nodes.values() if n.role == "control-plane"]
     w_ipvs = next(n for n in nodes.values() if n.role == "worker" and n.has_ipvs)
@@ -302,55 +500,58 @@ def run(rounds: int, sections: tuple[str, ...] = SECTIONS) -> dict:
     log("playbooks/site.yml (the local proxy on every node)")
     site = playbook("site")
     if site.returncode != 0:
-        raise SystemExit(site.stdout[-4000:])
+        raise SystemExit(playbook_failure("playbooks/site.yml", site) + "\nnothing measured")
     proxies = {
         "ipvs": (w_ipvs, VIP4, PORT),
         "haproxy": (w_user, VIP4, PORT),
         "nginx": (w_user, "127.0.0.1", NGINX_PORT),
     }
     results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "latency": {}, "failover": {}}
-    nginx_up(w_user, masters)
-    nft_installed = nftables_up(w_user, masters)
+    rec = Recorder(results, save)
+    save(results)
+    nft_installed: bool | None = None
     try:
+        nginx_up(w_user, masters)
+        nft_installed = nftables_up(w_user, masters)
         if "latency" in sections:
             log(f"latency: {rounds} interleaved rounds per node")
-            results["latency"]["ipvs"] = latency(w_ipvs, masters, {"ipvs": f"{VIP4}:{PORT}"}, rounds)
             native = {"haproxy": f"{VIP4}:{PORT}", "nginx": f"127.0.0.1:{NGINX_PORT}", "nftables": f"{NFT_VIP}:{PORT}"}
-            results["latency"]["native"] = latency(w_user, masters, native, rounds)
-            for group, name, bound in (("ipvs", "ipvs", LATENCY_RATIO), ("native", "nftables", NFT_LATENCY_RATIO)):
-                fig = results["latency"][group][name]
-                fig["meets"] = {"latency": all(fig[f"{kind}_ratio"] <= bound for kind in ("fresh", "kept"))}
+            for group, node, targets, checked, bound in (
+                ("ipvs", w_ipvs, {"ipvs": f"{VIP4}:{PORT}"}, "ipvs", LATENCY_RATIO),
+                ("native", w_user, native, "nftables", NFT_LATENCY_RATIO),
+            ):
+                measure = functools.partial(latency_checked, node, masters, targets, rounds, checked, bound)
+                rec.measure(("latency", group), f"latency {group}", measure)
         for scenario, victim in (("killed", masters[1]), ("black-holed", masters[2])) if "failover" in sections else ():
             for proxy, (node, host, port) in proxies.items():
+                label = f"failover {scenario} {proxy}"
                 log(f"{scenario}: {victim.name}, load from {node.name} through {proxy} ({host}:{port})")
-                if scenario == "killed":
-                    outcome = failover(node, host, port, victim, lambda v=victim: kill_apiserver(v))
-                else:
-                    try:
-                        outcome = failover(node, host, port, victim, lambda v=victim: labmod.ssh(v, DROP))
-                    finally:
-                        labmod.ssh(victim, UNDROP, check=False)
-                outcome["meets"] = meets(proxy, scenario, outcome)
-                results["failover"].setdefault(scenario, {})[proxy] = outcome
-                wait_all_ready(masters)
-                time.sleep(5)  # the guards and haproxy take the master back (rise 2)
+                measure = functools.partial(failover_scenario, scenario, proxy, node, host, port, victim)
+                rec.measure(("failover", scenario, proxy), label, measure)
+                rec.step(f"{label}: the masters ready again", functools.partial(settle, masters))
         for restart in ("auto", "systemd") if "rotation" in sections else ():
             log(f"certificate rotation on every master (restart: {restart}), load from {w_ipvs.name} and {w_user.name}")
-            results.setdefault("rotation", {})[restart] = rotation(restart, [w_ipvs, w_user])
-            wait_all_ready(masters)
+            measure = functools.partial(rotation, restart, [w_ipvs, w_user])
+            rec.measure(("rotation", restart), f"rotation {restart}", measure)
+            rec.step(f"rotation {restart}: the masters ready again", functools.partial(wait_all_ready, masters))
         if "guard" in sections:
             log("the guard's memory and CPU over 20 s (w1 runs under software emulation)")
-            results["guard"] = {n.name: guard_usage(n) for n in (w_ipvs, w_user, masters[0])}
+            rec.measure(("guard",), "guard", lambda: {n.name: guard_usage(n) for n in (w_ipvs, w_user, masters[0])})
     finally:
-        nginx_down(w_user)
-        nftables_down(w_user, masters, nft_installed)
+        rec.step("nginx removed", functools.partial(nginx_down, w_user))
+        if nft_installed is not None:
+            rec.step("nftables_service removed", functools.partial(nftables_down, w_user, masters, nft_installed))
     return results
 
 
 def table(results: dict) -> str:
+    """The results as text; a scenario that failed is a FAILED row with its error, the others print as ever."""
     lines = ["", "Latency, median ms (GET /readyz; fresh = new TCP+TLS connection, kept = on an open one);"]
     lines.append("  ratio to direct over the whole run [over each fifth of it]")
-    for group, targets in results["latency"].items():
+    for group, targets in results.get("latency", {}).items():
+        if failed(targets):
+            lines.append(f"  {group:9} FAILED: {targets['error']}")
+            continue
         for name, fig in targets.items():
             line = f"  {group:9} {name:8} fresh {fig['fresh_ms']:8.3f}  kept {fig['kept_ms']:8.3f}"
             if name != "direct":
@@ -365,12 +566,15 @@ def table(results: dict) -> str:
     head = f"  {'scenario':12} {'proxy':8} {'req':>4} {'fail':>4} {'inflt':>5} {'last':>6} {'fail>2s':>7}"
     head += f" {'slow>2s':>7} {'pinned':>6} {'closed':>6} {'again':>6} {'hung':>4}  targets met"
     lines.append(head)
-    for scenario, by_proxy in results["failover"].items():
+    for scenario, by_proxy in results.get("failover", {}).items():
         for proxy, r in by_proxy.items():
 
             def f(value: float | None) -> str:
                 return "-" if value is None else f"{value:.2f}"
 
+            if failed(r):
+                lines.append(f"  {scenario:12} {proxy:8} FAILED: {r['error']}")
+                continue
             met = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["meets"].items())
             lines.append(
                 f"  {scenario:12} {proxy:8} {r['requests']:>4} {r['failed']:>4} {r['failed_in_flight']:>5}"
@@ -381,15 +585,26 @@ def table(results: dict) -> str:
             )
     lines += ["", "Certificate rotation on the 3 masters, one at a time (a new request through the VIP every 100 ms)"]
     for restart, r in results.get("rotation", {}).items():
+        if failed(r):
+            lines.append(f"  {restart:8} FAILED: {r['error']}")
+            continue
         for node, c in r["by_node"].items():
             errors = "; ".join(c["errors"])
             lines.append(f"  {restart:8} {node:4} {c['requests']:>5} requests {c['failed']:>3} failed  {errors}")
     lines += ["", "Guard (target: RSS <= 40 MB, CPU <= 2 % of one core, 3 masters, 1 s interval)"]
-    for name, g in results.get("guard", {}).items():
+    guard = results.get("guard", {})
+    if failed(guard):
+        lines.append(f"  FAILED: {guard['error']}")
+    for name, g in {} if failed(guard) else guard.items():
         note = "  (qemu TCG: emulated CPU, not the target's)" if g["emulated"] else ""
         lines.append(f"  {name:4} RSS {g['rss_mb']:5.1f} MB  CPU {g['cpu_percent']:5.2f} %{note}")
+    if results.get("errors"):
+        lines += ["", "Failed between the scenarios"]
+        lines += [f"  {e['step']}: {e['error']}" for e in results["errors"]]
     lines.append("")
     lines += [f"Targets: {k}: {v}" for k, v in TARGETS.items()]
+    if bad := failures(results):
+        lines += ["", f"FAILED ({len(bad)}): {', '.join(bad)}"]
     return "\n".join(lines)
 
 
@@ -410,14 +625,17 @@ def main(argv: list[str] | None = None) -> int:
     sections = tuple(args.sections.split(","))
     if unknown := set(sections) - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))} (known: {', '.join(SECTIONS)})")
-    results = run(args.rounds, sections)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(dumps(results) + "\n")
+    json_path = Path(args.json)
+    results = run(args.rounds, sections, save=functools.partial(write_json, json_path))
+    write_json(json_path, results)
     print(table(results))
-    print(f"\nJSON: {args.json}")
-    if results["failover"]:
-        print(f"PNG: {plotmod.write(results, Path(args.json).with_name('failover.png'))}")
-    return 0
+    print(f"\nJSON: {json_path}")
+    if any(not failed(outcome) for by_proxy in results["failover"].values() for outcome in by_proxy.values()):
+        try:
+            print(f"PNG: {plotmod.write(results, json_path.with_name('failover.png'))}")
+        except plotmod.PlotError as exc:
+            print(f"PNG: not drawn: {exc}")
+    return 1 if failures(results) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ and GET /readyz every 100 ms), placed at its start and at its duration (log scal
 crosses; a request already sent to the master when it failed (no TCP proxy can resend it) is a red diamond. The
 band below shows the long-lived connections (like watches) pinned to the failed master: when each was closed and
 when it was answered again through the proxy. The image depends on the JSON alone: the same JSON, the same bytes.
+A run that failed ({"failed": true, "error": ...} in its place: the bench could not measure it) is left out, its
+panel saying so.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ class PlotError(Exception):
     """The bench JSON lacks what the picture needs (the message says what and where)."""
 
 
+def failed(outcome: object) -> bool:
+    """Whether a place in the bench's results holds a scenario that raised: {"failed": True, "error": ...} (a
+    failover outcome's own "failed" is a count of requests, never True)."""
+    return isinstance(outcome, dict) and outcome.get("failed") is True and "error" in outcome
+
+
 def load(path: Path) -> dict:
     try:
         results = json.loads(Path(path).read_text())
@@ -59,8 +67,13 @@ def check(results: dict, source: str = "the results") -> None:
     failover = results.get("failover") if isinstance(results, dict) else None
     if not isinstance(failover, dict) or not failover:
         raise PlotError(f"{source}: no 'failover' results (expected failover.<scenario>.<proxy>)")
+    outcomes = [outcome for by_proxy in failover.values() for outcome in by_proxy.values()]
+    if outcomes and all(failed(outcome) for outcome in outcomes):
+        raise PlotError(f"{source}: every failover run failed (nothing to draw)")
     for scenario, by_proxy in failover.items():
         for proxy, outcome in by_proxy.items():
+            if failed(outcome):
+                continue
             for key in ("timeline", "long_lived_timeline"):
                 if key not in outcome:
                     raise PlotError(
@@ -78,7 +91,7 @@ def _limits(failover: dict) -> tuple[tuple[float, float], tuple[float, float]]:
     """The x range (s from the event) and y range (ms) shared by every panel, so the panels compare."""
     xs, ms = [], []
     for by_proxy in failover.values():
-        for outcome in by_proxy.values():
+        for outcome in [o for o in by_proxy.values() if not failed(o)]:
             xs += [start for start, _ok, _took in outcome["timeline"]]
             ms += [max(took, 1e-4) * 1000 for _start, _ok, took in outcome["timeline"]]
             for conn in outcome["long_lived_timeline"]:
@@ -121,6 +134,9 @@ def _long_lived(ax, by_proxy: dict, rows: list[str], x_right: float) -> None:
         colour = PROXIES.get(proxy, (proxy, "", OTHER_COLOUR))[2]
         if proxy not in by_proxy:
             continue
+        if failed(by_proxy[proxy]):
+            ax.text(x_right, y0, "the run failed ", ha="right", va="center", fontsize=8, color=FAILED)
+            continue
         conns = by_proxy[proxy]["long_lived_timeline"]
         if not conns:
             ax.text(x_right, y0, "none pinned to the failed master ", ha="right", va="center", fontsize=8,
@@ -154,7 +170,8 @@ def figure(results: dict) -> Figure:
     for c, scenario in enumerate(columns):
         by_proxy = failover.get(scenario)
         mark, title = SCENARIOS.get(scenario, (scenario, scenario + ": {victim}"))
-        victim = (next(iter(by_proxy.values()), {}) if by_proxy else {}).get("victim", "a master")
+        measured = [o for o in (by_proxy or {}).values() if not failed(o)]
+        victim = (measured[0] if measured else {}).get("victim", "a master")
         axes = []
         for r in range(len(rows) + 1):
             ax = fig.add_subplot(grid[r, c], sharex=first)
@@ -182,6 +199,8 @@ def figure(results: dict) -> Figure:
                 _note(ax, f"no {scenario} run in this JSON")
             elif proxy not in by_proxy:
                 _note(ax, f"{name} not measured in this run")
+            elif failed(by_proxy[proxy]):
+                _note(ax, f"{name}: the run failed (the bench JSON says why)")
             else:
                 _requests(ax, by_proxy[proxy], colour)
         band = axes[-1]

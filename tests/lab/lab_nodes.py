@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,10 +51,44 @@ def ssh_argv(node: Node | str, *cmd: str) -> list[str]:
     ]
 
 
+# What ssh itself prints when a busy node's sshd did not complete the connection (with exit status 255): worth
+# another try. Not a refused or timed-out connect: the node is down (a reboot drill polls for exactly that).
+SSH_CONNECT_FAILURES = (
+    "Connection timed out during banner exchange",
+    "kex_exchange_identification",
+    "Connection reset by peer",
+    "Connection closed by",
+)
+# ...and what it prints when a session it had opened was lost: the command may have run (a reboot), never again.
+SSH_SESSION_LOST = re.compile(r"Read from remote host|client_loop:|Timeout, server|Connection to \S+ closed by remote")
+SSH_ATTEMPTS = 3  # in all; 1 s, then 2 s apart
+
+
+def ssh_connect_failure(res: subprocess.CompletedProcess) -> str | None:
+    """The line of ssh's stderr saying that it could not connect to the node, or None: the command ran (any exit
+    status but 255, or 255 without such a line, or a session lost after it opened), or failed for another reason."""
+    if res.returncode != 255:
+        return None
+    lines = [line.strip() for line in (res.stderr or "").splitlines() if line.strip()]
+    if any(SSH_SESSION_LOST.match(line) for line in lines):
+        return None
+    return next((line for line in lines if any(words in line for words in SSH_CONNECT_FAILURES)), None)
+
+
 def ssh(node: Node, cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    res = subprocess.run(ssh_argv(node, cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    """`cmd` on `node`. When ssh could not connect (`ssh_connect_failure`), it is tried again, SSH_ATTEMPTS times in
+    all, each retry said on stderr; a command that ran is never run again, whatever its exit status."""
+    for attempt in range(1, SSH_ATTEMPTS + 1):
+        res = subprocess.run(ssh_argv(node, cmd), capture_output=True, text=True, timeout=timeout, check=False)
+        reason = ssh_connect_failure(res)
+        if reason is None or attempt == SSH_ATTEMPTS:
+            break
+        print(f"[lab {time.strftime('%H:%M:%S')}] {node.name}: ssh could not connect ({reason});"
+              f" attempt {attempt + 1} of {SSH_ATTEMPTS} in {attempt} s", file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(attempt)
     if check and res.returncode != 0:
-        raise RuntimeError(f"{node.name}: {cmd!r} failed ({res.returncode}): {res.stderr.strip()}")
+        tries = f" ({attempt} attempts)" if attempt > 1 else ""
+        raise RuntimeError(f"{node.name}: {cmd!r} failed ({res.returncode}){tries}: {res.stderr.strip()}")
     return res
 
 

@@ -56,7 +56,11 @@ def run_playbook(path: Path, *extra: str, variables: dict | None = None, invento
         argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(hosts), str(path), *extra]
         if variables:
             argv += ["-e", json.dumps(variables)]
-        return subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, env=ansible_env(), check=False)
+        env = ansible_env()
+        # A connection that failed (ssh's exit status 255: a busy node's sshd) is tried again, up to 3 times, as
+        # tests/lab/lab_nodes.py ssh() does; unless the caller's environment says otherwise.
+        env.setdefault("ANSIBLE_SSH_RETRIES", "3")
+        return subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, env=env, check=False)
 
 
 def playbook(name: str, *extra: str, capture: bool = True, inventory: dict | None = None,

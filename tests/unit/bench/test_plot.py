@@ -181,9 +181,28 @@ def test_failed_and_in_flight_requests_are_drawn_apart_and_counted_like_the_benc
 
 def test_the_bench_writes_the_png_beside_its_json_and_says_where(tmp_path, monkeypatch, capsys, full):
     # bench.main() with the lab run replaced by its synthetic results: the JSON, the table, then the picture.
-    monkeypatch.setattr(bench, "run", lambda rounds, sections: bench_results())
+    monkeypatch.setattr(bench, "run", lambda rounds, sections, save: bench_results())
     assert bench.main(["--json", str(tmp_path / "bench" / "bench.json")]) == 0
     png = tmp_path / "bench" / "failover.png"
     assert f"PNG: {png}" in capsys.readouterr().out
     assert png.read_bytes() == full["data"]  # the same picture as plot.py draws from the same results
     assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == json.loads(full["json"].read_text())
+
+
+def test_a_failed_failover_run_is_left_out_and_its_panel_says_so(tmp_path):
+    results = bench_results()
+    results["failover"]["killed"]["haproxy"] = {"failed": True, "error": "RuntimeError: w2: banner exchange"}
+    results = json.loads(write_json(tmp_path, results).read_text())  # as the plot reads it from disk
+    texts = [t.get_text() for ax in plot.figure(results).axes for t in ax.texts]
+    assert "haproxy: the run failed (the bench JSON says why)" in texts
+    assert "the run failed " in texts  # its row of the long-lived band
+    # The other runs are drawn as ever, nginx's included.
+    assert "160 requests, 0 failed; target NOT met: long-lived" in texts
+
+
+def test_a_json_whose_every_failover_failed_is_refused():
+    results = bench_results(("killed",))
+    for proxy in results["failover"]["killed"]:
+        results["failover"]["killed"][proxy] = {"failed": True, "error": "E"}
+    with pytest.raises(plot.PlotError, match="every failover run failed"):
+        plot.figure(results)

@@ -76,15 +76,16 @@ test-kubeadm-lab: lab-build
 	  -p no:cacheprovider --durations=10
 
 # make test runs each lab suite on one flavour (README, The lab): every collection suite on the binary flavour, then
-# on the kubeadm flavour its acceptance, site.yml --check on the untouched cluster and a new worker's kubeadm join
-# through its own VIP. Each ends with its lab down (test_zz_down.py). Seven suites and one test run in
+# on the kubeadm flavour its acceptance, site.yml --check on the untouched cluster, a new worker's kubeadm join
+# through its own VIP, and the Node-Ready drill (that worker beside one left at the first master). Each ends with its lab down (test_zz_down.py). Seven suites and one test run in
 # `make test-extended` instead, for time (README, Molecule).
 RESET_THEN_SITE := tests/integration/test_local_proxy.py::test_reset_removes_everything_then_site_restores
 BINARY_SUITE := tests/lab/test_lab.py tests/integration/test_cluster_networks_cluster.py \
   tests/integration/test_cluster_endpoint_cluster.py tests/integration/test_discovery_access_cluster.py \
   tests/integration/test_local_proxy.py tests/lab/test_zz_down.py
 KUBEADM_SUITE := tests/lab/test_kubeadm_lab.py tests/integration/test_cluster_networks_cluster.py \
-  tests/integration/test_site_check_mode.py tests/integration/test_kubeadm_join_through_vip.py tests/lab/test_zz_down.py
+  tests/integration/test_site_check_mode.py tests/integration/test_kubeadm_join_through_vip.py \
+  tests/integration/test_node_ready_judge.py tests/lab/test_zz_down.py
 # The certificate role's own suite (forced restarts, rollback, recovery, reset) is here for time since 2026-12-07;
 # make test proves the VIPs in every certificate through the molecule install's verify (README, Molecule). The nftables
 # data path's lab drills are here until the mode is auto's choice on nodes without IPVS (README, What runs where).

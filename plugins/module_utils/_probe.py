@@ -112,6 +112,11 @@ class _ContextCache:
                 return entry[1]
         context = build_ssl_context(settings)
         with self._lock:
+            entry = self._entries.get(settings)
+            if entry is not None and entry[0] == stamp:
+                # Another probe built one meanwhile: keep that one, whose connections may already be open (a second
+                # context would make the next round reconnect them).
+                return entry[1]
             self._entries[settings] = (stamp, context)
         return context
 

@@ -426,6 +426,28 @@ def test_ssl_context_is_reused_until_a_file_changes(pki: PKI, tmp_path: Path) ->
     assert ssl_context(probe_settings) is not first
 
 
+def test_two_first_probes_at_once_share_one_context(pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two probes that both miss the cache and build a context (threads at start-up) end with the same one: the
+    one stored first. The other probe's build is made to happen while the first is building (no timing)."""
+    from ansible_collections.kubeha.apiserver.plugins.module_utils import _probe
+
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(pki.ca.path.read_bytes())
+    settings = ProbeSettings(ca_file=str(ca))
+    real_build, inner = _probe.build_ssl_context, []
+
+    def build_while_another_builds(s: ProbeSettings) -> ssl.SSLContext:
+        if not inner:
+            inner.append(None)
+            inner[0] = ssl_context(s)  # the other probe, done first
+        return real_build(s)
+
+    monkeypatch.setattr(_probe, "build_ssl_context", build_while_another_builds)
+    first = ssl_context(settings)
+    assert first is inner[0]
+    assert ssl_context(settings) is first
+
+
 def test_tcp_check(https_server: HTTPSServers) -> None:
     backend = https_server()
     assert tcp_check(backend, 1.0).ok

@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 # Where ansible-test and ansible-playbook see this checkout as kubeha.apiserver.
 COLL := .build/collections/ansible_collections/kubeha/apiserver
 
-.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test-kubeadm-lab test test-kubeadm test-extended test-k8s-previous test-compat demo bench clean collection docs
+.PHONY: setup lint sanity unit lab-build lab-up lab-down lab-status lab-test test-kubeadm-lab test test-kubeadm test-extended test-k8s-previous test-compat demo bench bench-fleet clean collection docs
 
 setup:
 	@bash scripts/setup.sh
@@ -138,6 +138,13 @@ demo: lab-up
 # `--copy-to docs/images/failover.png` for the README). Reuses a running lab (or brings one up), leaves it up.
 bench: lab-build
 	PYTHONPATH=tests/lab $(PY) tests/bench/bench.py
+
+# What a fleet's health checks cost each apiserver: the guard's own probing code for N simulated nodes, beside the
+# anchors' check patterns, against the kubeadm lab's apiservers (tests/bench/fleet_bench.py): a table with each
+# pattern extrapolated to 5,000 nodes, and .build/bench/fleet.json. Brings a kubeadm lab up unless one runs.
+bench-fleet: export KUBEHA_LAB_FLAVOUR := $(or $(KUBEHA_LAB_FLAVOUR),kubeadm)
+bench-fleet: lab-up
+	PYTHONPATH=tests/lab $(PY) tests/bench/fleet_bench.py
 
 clean: lab-down
 	rm -rf .build

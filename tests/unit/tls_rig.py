@@ -7,8 +7,9 @@ The fixtures ``pki`` and ``https_server`` (tests/unit/conftest.py) are made from
 unrelated CA, a server certificate for 127.0.0.1, 127.0.0.2 and ::1, one for another address, a client certificate,
 and a server certificate that names only ``kubernetes``. A server listens on 127.0.0.1, 127.0.0.2 or ::1, on a free port
 or the one asked for, answers every GET with a status and body (or a script of them, one per
-request, then the last one again), can require a client certificate signed by the cluster CA, and can be killed as
-SIGKILL kills an apiserver. Certificates are made with ``cryptography``, imported only when a PKI is made.
+request, then the last one again; a path given its own answer with ``route`` always gets that one), can require a
+client certificate signed by the cluster CA, and can be killed as SIGKILL kills an apiserver. Certificates are made
+with ``cryptography``, imported only when a PKI is made.
 """
 
 from __future__ import annotations
@@ -158,11 +159,15 @@ class _Server(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.paths: list[str] = []
         self.connections: list[socket.socket] = []
+        self.routes: dict[str, tuple[int, bytes]] = {}  # path (without the query) -> its own fixed answer
 
     def answer(self, path: str) -> tuple[int, bytes]:
         """The next scripted answer; the last one is kept for every request after it."""
         with self.lock:
             self.paths.append(path)
+            routed = self.routes.get(path.split("?", 1)[0])
+            if routed is not None:
+                return routed
             return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
     def kill(self) -> None:
@@ -209,6 +214,12 @@ class HTTPSServers:
         backend = Backend(host, server.server_address[1])
         self.servers[backend] = server
         return backend
+
+    def route(self, backend: Backend, path: str, status: int, body: bytes) -> None:
+        """From now on ``backend`` answers ``path`` with ``status, body`` (other paths as before)."""
+        server = self.servers[backend]
+        with server.lock:
+            server.routes[path] = (status, body)
 
     def paths(self, backend: Backend) -> list[str]:
         return self.servers[backend].paths

@@ -99,6 +99,27 @@ def probe_pool_size(cfg: GuardConfig) -> int:
     return max(8, 2 * most)
 
 
+def connect_verdicts(
+    results: Sequence[ProbeResult], unanswered: dict[Backend, int], fall: int, timeout: float
+) -> list[ProbeResult]:
+    """What the fast TCP checks of backends held up decide: a refused connect drops its backend at once, an
+    unanswered one only after ``fall`` in a row (counted in ``unanswered``, updated here); an answered one clears
+    its count and decides nothing (readiness is the TLS probe's to decide)."""
+    verdicts = []
+    for res in results:
+        if res.refused:
+            verdicts.append(res)
+        elif not res.unanswered:
+            unanswered.pop(res.backend, None)
+        elif unanswered.get(res.backend, 0) + 1 < fall:
+            unanswered[res.backend] = unanswered.get(res.backend, 0) + 1
+        else:
+            unanswered.pop(res.backend, None)
+            error = f"{fall} connects in a row unanswered after {timeout:g}s"
+            verdicts.append(ProbeResult(res.backend, False, res.latency_s, error, unreachable=True))
+    return verdicts
+
+
 class Guard:
     """One node's guard. ``serve()`` runs it; ``startup()``/``run_round()`` are its steps (and ``--once``)."""
 
@@ -266,20 +287,8 @@ class Guard:
         with self._lock:
             checked = {res.backend for res in results}
             self._unanswered = {b: n for b, n in self._unanswered.items() if b in checked}
-            verdicts = []
-            for res in results:
-                if res.backend not in self.backends or self.tracker.state(res.backend) != UP:
-                    continue
-                if res.refused:
-                    verdicts.append(res)
-                elif not res.unanswered:
-                    self._unanswered.pop(res.backend, None)
-                elif self._unanswered.get(res.backend, 0) + 1 < self.cfg.fall:
-                    self._unanswered[res.backend] = self._unanswered.get(res.backend, 0) + 1
-                else:
-                    self._unanswered.pop(res.backend, None)
-                    error = f"{self.cfg.fall} connects in a row unanswered after {timeout:g}s"
-                    verdicts.append(ProbeResult(res.backend, False, res.latency_s, error, unreachable=True))
+            still_up = [r for r in results if r.backend in self.backends and self.tracker.state(r.backend) == UP]
+            verdicts = connect_verdicts(still_up, self._unanswered, self.cfg.fall, timeout)
             return self._handle(verdicts) if verdicts else []
 
     def _handle(self, results: Sequence[ProbeResult]) -> list[Transition]:

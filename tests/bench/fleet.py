@@ -1,6 +1,6 @@
 """What N nodes' health checks cost each apiserver: N simulated nodes in one process, probing real apiservers.
 
-    PYTHONPATH=tests/lab .venv/bin/python tests/bench/fleet.py --pattern guard --nodes 100 --seconds 60 \\
+    PYTHONPATH=.build/test-collections .venv/bin/python tests/bench/fleet.py --pattern guard --nodes 100 --seconds 60 \\
         --servers https://A:6443 --servers https://B:6443 --ca-cert CA.crt --ca-key CA.key --cert-dir DIR
 
 Patterns (--pattern, one per run), each node checking every apiserver of --servers:
@@ -48,8 +48,6 @@ import datetime
 import hashlib
 import heapq
 import http.client
-import importlib
-import importlib.util
 import itertools
 import json
 import os
@@ -68,50 +66,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-COLLECTION = "ansible_collections.kubeha.apiserver"
-
-
-def _make_collection_importable() -> None:
-    """As tests/unit/conftest.py does: the checkout itself, or a git-ignored .build symlink to it."""
-    try:
-        if importlib.util.find_spec(COLLECTION) is not None:
-            return
-    except ModuleNotFoundError:
-        pass
-    if REPO_ROOT.parent.name == "kubeha" and REPO_ROOT.parents[1].name == "ansible_collections":
-        search_root = REPO_ROOT.parents[2]
-    else:
-        search_root = REPO_ROOT / ".build" / "pytest-collections"
-        namespace = search_root / "ansible_collections" / "kubeha"
-        namespace.mkdir(parents=True, exist_ok=True)
-        link = namespace / "apiserver"
-        if not link.is_symlink():
-            link.symlink_to(REPO_ROOT, target_is_directory=True)
-    sys.path.insert(0, str(search_root))
-    for name in [n for n in sys.modules if n == "ansible_collections" or n.startswith("ansible_collections.")]:
-        del sys.modules[name]
-    importlib.invalidate_caches()
-
-
-_make_collection_importable()
-
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardConfig, parse_config  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import next_due  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery import (  # noqa: E402
+# The collection must be importable: fleet_bench.py runs this with the lab's collections path on PYTHONPATH
+# (tests/lab/scenarios.py collections_path), the unit tests with tests/unit/conftest.py's.
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_config import GuardConfig, parse_config
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_daemon import (
+    connect_verdicts,
+    next_due,
+)
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_discovery import (
     ENDPOINTSLICES_PATH,
     admit_discovered,
     backend_set,
 )
-from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import Prober, ssl_context  # noqa: E402
-from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (  # noqa: E402
+from ansible_collections.kubeha.apiserver.plugins.module_utils._guard_hooks import Hooks
+from ansible_collections.kubeha.apiserver.plugins.module_utils._probe import Prober, ssl_context
+from ansible_collections.kubeha.apiserver.plugins.module_utils._proxy import (
     UP,
     Backend,
     HealthTracker,
     ProbeResult,
     ProxyError,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 
 MAX_NODES = 5000
 MAX_SECONDS = 600.0
@@ -208,8 +186,8 @@ def extrapolate(points: list[tuple[int, float]], n: int) -> float:
     """
     if not points:
         raise ValueError("no points to extrapolate from")
-    xs = [float(x) for x, _ in points]
-    ys = [float(y) for _, y in points]
+    xs = [float(x) for x, _y in points]
+    ys = [float(y) for _x, y in points]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     spread = sum((x - mean_x) ** 2 for x in xs)
     if spread == 0:
@@ -255,8 +233,8 @@ def _cell(value: Any) -> str:
 
 def table(rows: Sequence[dict[str, Any]], file: Any = None) -> str:
     """The rows as an aligned text table (a missing or ``None`` value is ``-``); printed to ``file`` when given."""
-    cells = [[title for _, title in COLUMNS]]
-    cells += [[_cell(row.get(key)) for key, _ in COLUMNS] for row in rows]
+    cells = [[title for _key, title in COLUMNS]]
+    cells += [[_cell(row.get(key)) for key, _title in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = []
     for number, line in enumerate(cells):
@@ -518,18 +496,8 @@ class GuardNode:
         results = list(self.io_pool.map(lambda b: self.hooks.connector(b, timeout), targets))
         self.stats.request("tcp", len(results))
         self.stats.results("tcp", results)
-        with self.lock:  # as Guard._fast_connects: refused at once, unanswered after ``fall`` in a row
-            verdicts = []
-            for res in results:
-                if res.refused:
-                    verdicts.append(res)
-                elif not res.unanswered:
-                    self.unanswered.pop(res.backend, None)
-                elif self.unanswered.get(res.backend, 0) + 1 < self.cfg.fall:
-                    self.unanswered[res.backend] = self.unanswered.get(res.backend, 0) + 1
-                else:
-                    self.unanswered.pop(res.backend, None)
-                    verdicts.append(ProbeResult(res.backend, False, res.latency_s, res.error, unreachable=True))
+        with self.lock:  # the guard's own rule (Guard._fast_connects)
+            verdicts = connect_verdicts(results, self.unanswered, self.cfg.fall, timeout)
             if verdicts:
                 self.tracker.observe(verdicts)
 
@@ -742,7 +710,7 @@ def run(
             members.append(GuardNode(cfg, io_pool, stats))
     else:
         context = unverified_context()
-        members = [AnchorNode(ANCHORS[pattern], servers, context, stats) for _ in range(nodes)]
+        members = [AnchorNode(ANCHORS[pattern], servers, context, stats) for _node in range(nodes)]
     for task in members[0].tasks():
         intervals[task.kind] = task.interval_s
     planned = schedule(members, seed)
@@ -789,7 +757,7 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n", maxsplit=1)[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--pattern", required=True, choices=PATTERNS)
     parser.add_argument("--nodes", type=int, default=100, help=f"simulated nodes (1..{MAX_NODES})")
@@ -827,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     overrides: dict[str, Any] = {}
     for item in args.guard_set:
-        name, _, value = item.partition("=")
+        name, _equals, value = item.partition("=")
         try:
             overrides[name] = json.loads(value)
         except ValueError:

@@ -31,7 +31,7 @@ import fleet  # tests/bench/fleet.py
 import lab as labmod  # tests/lab on PYTHONPATH
 from bench import failed_tasks
 from lab_control import pids_named
-from scenarios import run_playbook
+from scenarios import collections_path, run_playbook
 
 EXTRAPOLATE_TO = 5000
 DEFAULT_PLAN = ("guard:50,100,200", "lvscare:100,200", "kubespray-haproxy:100,200", "kubeprism:100,200")
@@ -83,9 +83,8 @@ def simulate(name: str, nodes: int, seconds: float, masters: list[labmod.Node], 
             *(arg for setting in settings for arg in ("--guard-set", setting)),
             "--seconds", str(seconds), "--ca-cert", str(ca), "--ca-key", str(key),
             *(arg for m in masters for arg in ("--servers", f"https://{m.addr4}:6443"))]  # fmt: skip
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(labmod.REPO / "tests" / "lab"), os.environ.get("PYTHONPATH", "")])
-    )
+    lab_path = str(labmod.REPO / "tests" / "lab")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(collections_path()), lab_path]))
     res = subprocess.run(["ip", "netns", "exec", labmod.HUB_NS, *argv], capture_output=True, text=True, env=env,
                          timeout=seconds + 300, check=False)  # fmt: skip
     if res.returncode not in (0, 3) or not res.stdout.strip():
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=labmod.REPO / ".build" / "bench" / "fleet.json")
     args = parser.parse_args(argv)
     plan = [(p, int(n)) for item in args.plan for p, ns in [item.split(":")] for n in ns.split(",")]
-    if unknown := {split_pattern(p)[0] for p, _ in plan} - set(fleet.PATTERNS):
+    if unknown := {split_pattern(p)[0] for p, _count in plan} - set(fleet.PATTERNS):
         parser.error(f"unknown patterns: {', '.join(sorted(unknown))}")
     state = labmod.load_state()
     if not state or state.get("flavour") != "kubeadm":

@@ -72,7 +72,7 @@ def programmed_at(watcher: subprocess.Popen, wait: bool = True) -> float | None:
     stopped, its node had not programmed the Service by then)."""
     if not wait and watcher.poll() is None:
         watcher.kill()
-    out, _ = watcher.communicate(timeout=WATCH_S + 60)
+    out = watcher.communicate(timeout=WATCH_S + 60)[0]
     return float(out.strip()) if watcher.returncode == 0 and out.strip() else None
 
 
@@ -81,8 +81,9 @@ def sides(lab, nodes, masters, control_node):
     """w2 behind the collection (kubelet and kube-proxy at its VIP), w1 direct at cp1; the kube-proxy ConfigMap
     is put back afterwards (w1's kube-proxy never read the changed one: kube-proxy reads it when it starts)."""
     assert lab.get("flavour") == "kubeadm", "this suite runs on the kubeadm flavour (KUBEHA_LAB_FLAVOUR=kubeadm)"
-    direct = next(n for n in nodes.values() if n.role == "worker" and n.kind == "qemu")
-    ours = next(n for n in nodes.values() if n.role == "worker" and n.kind == "nspawn")
+    direct = next((n for n in nodes.values() if n.role == "worker" and n.kind == "qemu"), None)
+    ours = next((n for n in nodes.values() if n.role == "worker" and n.kind == "nspawn"), None)
+    assert direct and ours, "the drill needs the qemu worker and an nspawn worker"
     first = f"https://{masters[0].addr4}:6443"
     assert kubeconfig_server(ours, "/etc/kubernetes/kubelet.conf") == VIP_SERVER, (
         f"{ours.name} must have joined through its VIP first (test_kubeadm_join_through_vip.py runs before this)"

@@ -38,9 +38,9 @@ def test_extrapolate_on_an_exact_line() -> None:
 
 def test_extrapolate_through_noisy_points_is_the_least_squares_line() -> None:
     rng = random.Random(3)
-    points = [(n, 0.1 + 0.003 * n + rng.uniform(-0.02, 0.02)) for n in (10, 20, 50, 100, 150, 200) for _ in range(3)]
-    xs = [x for x, _ in points]
-    ys = [y for _, y in points]
+    points = [(n, 0.1 + 0.003 * n + rng.uniform(-0.02, 0.02)) for n in (10, 20, 50, 100, 150, 200) for _i in range(3)]
+    xs = [x for x, _y in points]
+    ys = [y for _x, y in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
     assert fleet.extrapolate(points, 5000) == pytest.approx(my + slope * (5000 - mx))
@@ -107,11 +107,11 @@ def test_phases_cover_the_interval_uniformly_and_follow_the_seed() -> None:
 def test_schedule_spreads_each_kind_of_step_over_its_interval() -> None:
     servers = [fleet.Backend("127.0.0.1", 6443), fleet.Backend("127.0.0.2", 6443)]
     context = fleet.unverified_context()
-    nodes = [fleet.AnchorNode(fleet.ANCHORS["lvscare"], servers, context, fleet.Stats()) for _ in range(NODES)]
+    nodes = [fleet.AnchorNode(fleet.ANCHORS["lvscare"], servers, context, fleet.Stats()) for _node in range(NODES)]
     planned = fleet.schedule(nodes, seed=4)
     assert len(planned) == NODES * len(servers)
-    assert sorted(int(phase // 0.5) for phase, _ in planned) == list(range(10))  # 10 checks over 5 s
-    assert [p for p, _ in fleet.schedule(nodes, seed=4)] == [p for p, _ in planned]
+    assert sorted(int(phase // 0.5) for phase, _task in planned) == list(range(10))  # 10 checks over 5 s
+    assert [p for p, _task in fleet.schedule(nodes, seed=4)] == [p for p, _task in planned]
 
 
 def test_late_steps_are_those_more_than_half_an_interval_late() -> None:
@@ -121,7 +121,7 @@ def test_late_steps_are_those_more_than_half_an_interval_late() -> None:
     lateness = fleet.Lateness()
     for started in (0.0, 0.1, 0.4, 0.6, 2.0):
         lateness.record("readyz", 1.0, 0.0, started)
-    for _ in range(95):
+    for _step in range(95):
         lateness.record("tcp", 0.25, 5.0, 5.1)
     summary = lateness.summary()
     assert summary["count"] == 2
@@ -130,7 +130,7 @@ def test_late_steps_are_those_more_than_half_an_interval_late() -> None:
     assert summary["worst_s"] == 2.0
     assert summary["by_kind"] == {"readyz": {"late": 2, "total": 5}, "tcp": {"late": 0, "total": 95}}
     assert not lateness.kept_up()  # 2% late: more than 1%
-    for _ in range(100):
+    for _step in range(100):
         lateness.record("tcp", 0.25, 5.0, 5.1)
     assert lateness.kept_up()  # 2 of 200: 1%
 
@@ -180,46 +180,41 @@ def test_a_scheduler_that_keeps_up_runs_every_step_on_time_and_survives_a_failin
 # ---- certificates ------------------------------------------------------------------------------------
 
 
-def _ca_key(pki: tls_rig.PKI, directory: Path) -> Path:
-    path = directory / "ca.key"
+def _key_file(ca: tls_rig.CA, path: Path) -> Path:
+    """The CA's private key as a PEM file (what --ca-key names)."""
     path.write_bytes(
-        pki.ca.key.private_bytes(
+        ca.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
     return path
+
+
+def _ca_key(pki: tls_rig.PKI, directory: Path) -> Path:
+    return _key_file(pki.ca, directory / "ca.key")
 
 
 def test_node_certificates_are_signed_named_and_reused(pki: tls_rig.PKI, tmp_path: Path) -> None:
     ca_key = _ca_key(pki, tmp_path)
     certs = fleet.node_certificates(pki.ca.path, ca_key, tmp_path / "certs", 3)
-    assert [c.name for c, _ in certs] == ["fleet-sim-0.crt", "fleet-sim-1.crt", "fleet-sim-2.crt"]
+    assert [c.name for c, _key in certs] == ["fleet-sim-0.crt", "fleet-sim-1.crt", "fleet-sim-2.crt"]
     cert = x509.load_pem_x509_certificate(certs[2][0].read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:fleet-sim-2"
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
     cert.verify_directly_issued_by(pki.ca.cert)
     assert certs[0][1].stat().st_mode & 0o077 == 0
-    stamps = {c: c.read_bytes() for c, _ in certs}
+    stamps = {c: c.read_bytes() for c, _key in certs}
 
     again = fleet.node_certificates(pki.ca.path, ca_key, tmp_path / "certs", 5)  # two more, the three kept
-    assert all(c.read_bytes() == stamps[c] for c, _ in again[:3])
-    assert len({c.read_bytes() for c, _ in again}) == 5
+    assert all(c.read_bytes() == stamps[c] for c, _key in again[:3])
+    assert len({c.read_bytes() for c, _key in again}) == 5
 
     other_key = tmp_path / "other"
     other_key.mkdir()
-    other = fleet.node_certificates(pki.other_ca.path, _other_key(pki, other_key), tmp_path / "certs", 3)
-    assert all(c.read_bytes() != stamps[c] for c, _ in other)  # another CA: made again
+    other_ca_key = _key_file(pki.other_ca, other_key / "other-ca.key")
+    other = fleet.node_certificates(pki.other_ca.path, other_ca_key, tmp_path / "certs", 3)
+    assert all(c.read_bytes() != stamps[c] for c, _key in other)  # another CA: made again
     x509.load_pem_x509_certificate(other[0][0].read_bytes()).verify_directly_issued_by(pki.other_ca.cert)
-
-
-def _other_key(pki: tls_rig.PKI, directory: Path) -> Path:
-    path = directory / "other-ca.key"
-    path.write_bytes(
-        pki.other_ca.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return path
 
 
 # ---- real runs -----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import fleet  # tests/bench/fleet.py
 import lab as labmod  # tests/lab on PYTHONPATH
-from bench import failed_tasks
+from bench import playbook_failure
 from lab_control import pids_named
 from scenarios import collections_path, run_playbook
 
@@ -173,7 +173,7 @@ def grant_discovery() -> None:
         path.write_text(json.dumps(play))
         run = run_playbook(path, timeout=900)
     if run.returncode != 0:
-        raise SystemExit("the discovery grant failed:\n" + (failed_tasks(run.stdout) or run.stdout[-2000:]))
+        raise SystemExit(playbook_failure("the discovery grant", run))
 
 
 def ca_key_file(first: labmod.Node, directory: Path) -> Path:

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 
 import lab as labmod
 import pytest
-import yaml
 from conftest import run_module
 from kubeadm_flavour import cluster_info_server, kubeadm_reset
 from scenarios import playbook, run_playbook
@@ -46,14 +45,6 @@ def play(tasks: list[dict], hosts: str, tmp_path, name: str) -> None:
     path.write_text(json.dumps([{"hosts": hosts, "gather_facts": False, "become": True, "tasks": tasks}]))
     run = run_playbook(path, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-
-
-def server_of(node: labmod.Node, path: str) -> str | None:
-    """The server a kubeconfig on the node names; None when the file is not there."""
-    res = labmod.ssh(node, f"cat {path}", check=False)
-    if res.returncode != 0:
-        return None
-    return yaml.safe_load(res.stdout)["clusters"][0]["cluster"]["server"]
 
 
 def leave(node: labmod.Node) -> None:
@@ -107,11 +98,6 @@ def stopped(master: labmod.Node):
         labmod.wait_for(f"{master.name}'s apiserver ready", lambda: labmod.readyz(master.addr4), 180)
 
 
-def ready(name: str) -> bool:
-    node = json.loads(labmod.kubectl("get", "node", name, "-o", "json").stdout)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
-
-
 def test_prepare_node_gives_the_new_node_a_proxy_that_probes_without_credentials(newcomer, masters):
     guard = json.loads(labmod.ssh(newcomer, "cat /etc/kubeha-apiserver/guard.json").stdout)
     assert guard["client_cert_file"] is None and guard["discovery"]["enabled"] is False
@@ -150,7 +136,7 @@ def test_a_new_worker_joins_through_its_own_vip_while_the_first_master_is_down(
         res = join(newcomer)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         record_property("join_s", round(time.monotonic() - started, 1))
-        assert server_of(newcomer, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
+        assert labmod.kubeconfig_server(newcomer, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
         # Asked of cp2: cp1's apiserver, the admin kubeconfig's server, is the one stopped.
         labmod.wait_for(f"{newcomer.name} Ready", lambda: labmod.node_ready_since(newcomer.name, since, masters[1]),
                         180, 2)  # fmt: skip
@@ -163,8 +149,8 @@ def test_site_yml_on_the_joined_node_gives_its_guard_the_kubelets_credentials(ne
     guard = json.loads(labmod.ssh(newcomer, "cat /etc/kubeha-apiserver/guard.json").stdout)
     assert guard["client_cert_file"] and guard["discovery"]["enabled"] is True
     assert guard["ca_file"] == "/etc/kubernetes/pki/ca.crt"
-    assert server_of(newcomer, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
-    assert ready(newcomer.name)
+    assert labmod.kubeconfig_server(newcomer, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
+    assert labmod.node_ready(newcomer.name)
     probe = READYZ_AT_VIP.format(ca="/etc/kubernetes/pki/ca.crt")
     assert labmod.ssh(newcomer, probe).stdout.strip() == "ok"
 
@@ -186,7 +172,7 @@ def test_a_kubelet_restart_a_dead_run_left_undone_happens_on_the_next_run(newcom
     node = newcomer
     cp2 = f"https://{masters[1].addr4}:6443"
     switch_kubeconfigs(node, "-e", f"kubeconfig_endpoint_server={cp2}")
-    assert server_of(node, "/etc/kubernetes/kubelet.conf") == cp2
+    assert labmod.kubeconfig_server(node, "/etc/kubernetes/kubelet.conf") == cp2
     running = kubelet_pid(node)
     dead_run = run_module(node, "kubeha.apiserver.kubeconfig_server",
                           {"path": "/etc/kubernetes/kubelet.conf", "server": VIP_SERVER, "backup": True},
@@ -194,12 +180,12 @@ def test_a_kubelet_restart_a_dead_run_left_undone_happens_on_the_next_run(newcom
     assert not dead_run.get("failed") and dead_run["changed"], dead_run
     assert kubelet_pid(node) == running  # the dead run restarted nothing
     switch_kubeconfigs(node)
-    assert server_of(node, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
+    assert labmod.kubeconfig_server(node, "/etc/kubernetes/kubelet.conf") == VIP_SERVER
     restarted = kubelet_pid(node)
     assert restarted not in (running, 0), "the marker said a restart was due: kubelet must have been restarted"
     digest = labmod.ssh(node, "sha256sum /etc/kubernetes/kubelet.conf").stdout.split()[0]
     marker = "/var/lib/kubeha-apiserver/restarted-for/etc_kubernetes_kubelet.conf.sha256"
     assert labmod.ssh(node, f"cat {marker}").stdout.strip() == digest
-    labmod.wait_for(f"{node.name} Ready", lambda: ready(node.name), 60, 2)
+    labmod.wait_for(f"{node.name} Ready", lambda: labmod.node_ready(node.name), 60, 2)
     switch_kubeconfigs(node)
     assert kubelet_pid(node) == restarted, "nothing was due: a second run must not restart kubelet"

@@ -28,9 +28,7 @@ from pathlib import Path
 import lab as labmod
 import node_observer
 import pytest
-import yaml
 from conftest import run_module
-from lab_control import KUBEADM_MANIFEST, KUBEADM_PARKED, pids_named
 
 VIP_SERVER = "https://169.254.100.1:6444"
 ADMIN = "/etc/kubernetes/admin.conf"
@@ -39,10 +37,6 @@ SERVICE, CLUSTER_IP, SERVICE_PORT = "kubeha-judge", "10.96.200.10", 443
 HOLD_S = 150  # the longest the master stays down waiting for the direct node's NotReady
 WATCH_S = 240  # each node's check of the ClusterIP stops by itself after this long
 FIGURES = labmod.REPO / ".build" / "node-ready" / "kill-held.json"  # the last run's timeline, for the README
-
-
-def kubeconfig_server(node: labmod.Node, path: str) -> str:
-    return yaml.safe_load(labmod.ssh(node, f"cat {path}").stdout)["clusters"][0]["cluster"]["server"]
 
 
 def service_manifest(backend: labmod.Node) -> str:
@@ -85,10 +79,10 @@ def sides(lab, nodes, masters, control_node):
     ours = next((n for n in nodes.values() if n.role == "worker" and n.kind == "nspawn"), None)
     assert direct and ours, "the drill needs the qemu worker and an nspawn worker"
     first = f"https://{masters[0].addr4}:6443"
-    assert kubeconfig_server(ours, "/etc/kubernetes/kubelet.conf") == VIP_SERVER, (
+    assert labmod.kubeconfig_server(ours, "/etc/kubernetes/kubelet.conf") == VIP_SERVER, (
         f"{ours.name} must have joined through its VIP first (test_kubeadm_join_through_vip.py runs before this)"
     )
-    assert kubeconfig_server(direct, "/etc/kubernetes/kubelet.conf") == first
+    assert labmod.kubeconfig_server(direct, "/etc/kubernetes/kubelet.conf") == first
     # kube-proxy at the VIP for w2 alone: the ConfigMap changed, only w2's pod restarted.
     args = {"targets": ["kube_proxy"], "kubeconfig": ADMIN, "server": VIP_SERVER}
     result = run_module(control_node, "kubeha.apiserver.cluster_endpoint", args)
@@ -123,14 +117,14 @@ def test_a_dead_master_leaves_the_node_behind_the_collection_ready(sides, master
     watchers = {n.name: watch_service(n) for n in (ours, direct)}
     try:
         time.sleep(12)  # a renewal of every lease recorded before the event
-        # The kill: the manifest out of kubelet's directory first, so kubelet does not start the apiserver again.
+        # The kill, held: the manifest out of kubelet's directory first, so kubelet does not start it again.
         killed = time.time()
-        labmod.ssh(victim, f"mv {KUBEADM_MANIFEST} {KUBEADM_PARKED} && kill -9 $({pids_named('kube-apiserver')})")
+        labmod.ssh(victim, labmod.apiserver_command("crash"))
         time.sleep(max(0.0, killed + 1 - time.time()))
         created = time.time()
         labmod.kubectl("apply", "-f", "-", input=service_manifest(witness), via=witness)
         # Held down until the cluster says the direct node is NotReady (the drill's proof that it bites).
-        labmod.wait_for(f"{direct.name} NotReady", lambda: not ready(direct.name, witness), HOLD_S, 2)
+        labmod.wait_for(f"{direct.name} NotReady", lambda: not labmod.node_ready(direct.name, witness), HOLD_S, 2)
         direct_not_ready = time.time()
     finally:
         labmod.ssh(victim, labmod.apiserver_command("start"))
@@ -140,7 +134,7 @@ def test_a_dead_master_leaves_the_node_behind_the_collection_ready(sides, master
     back = time.time()
     # The direct node's kube-proxy programs the Service only once cp1 is back: that it had not by then is enough.
     at = {ours.name: programmed_at(watchers[ours.name]), direct.name: programmed_at(watchers[direct.name], False)}
-    labmod.wait_for(f"{direct.name} Ready again", lambda: ready(direct.name, witness), 180, 2)
+    labmod.wait_for(f"{direct.name} Ready again", lambda: labmod.node_ready(direct.name, witness), 180, 2)
     observer.terminate()
     observer.wait(timeout=30)
     report = node_observer.analyze(node_observer.load(record), killed, back)
@@ -162,8 +156,3 @@ def test_a_dead_master_leaves_the_node_behind_the_collection_ready(sides, master
     assert theirs["longest_gap_s"] > LEASE_GAP_S, theirs
     assert after[direct.name] is None or after[direct.name] > PROGRAMMED_S, after
     labmod.kubectl("delete", "service", SERVICE, "--ignore-not-found")
-
-
-def ready(name: str, via: labmod.Node) -> bool:
-    node = json.loads(labmod.kubectl("get", "node", name, "-o", "json", via=via).stdout)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))

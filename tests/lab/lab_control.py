@@ -1,5 +1,6 @@
 """What the suites do to the control plane and kube-proxy, on either flavour: stop and start an apiserver, restart
-kube-proxy and wait for its sync, read a process's metrics, a node's readiness and its pristine kubelet.conf."""
+kube-proxy and wait for its sync, read a process's metrics, a node's readiness, a kubeconfig's server and its pristine
+kubelet.conf."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shlex
 from datetime import datetime
 
+import yaml
 from lab_cluster import kubectl
 from lab_core import WORK, Node, seed_dir, state_flavour, wait_for
 from lab_nodes import ssh
@@ -40,11 +42,16 @@ def apiserver_command(action: str) -> str:
 
     Stop returns once the process is gone (as `systemctl stop` does); start once it is asked for, not ready.
     On kubeadm the manifest leaves kubelet's directory and comes back: kubelet stops the pod, then runs it anew.
+    Crash kills the process at once (SIGKILL) and leaves it down until start: a master that died and stays dead.
     """
-    if action not in ("stop", "start"):
-        raise ValueError(f"apiserver action {action!r}: stop or start")
+    if action not in ("stop", "start", "crash"):
+        raise ValueError(f"apiserver action {action!r}: stop, start or crash")
     if state_flavour() != "kubeadm":
+        if action == "crash":
+            raise ValueError("apiserver action 'crash': written for the kubeadm flavour's static pods only")
         return f"systemctl {action} kube-apiserver"
+    if action == "crash":  # the manifest out first, so kubelet does not start it again; then SIGKILL
+        return f"mv {KUBEADM_MANIFEST} {KUBEADM_PARKED} && kill -9 $({pids_named('kube-apiserver')})"
     if action == "start":
         return f"if [ -e {KUBEADM_PARKED} ]; then mv {KUBEADM_PARKED} {KUBEADM_MANIFEST}; fi"
     # Bounded: 600 polls of 0.2 s, past the pod's grace period.
@@ -105,6 +112,20 @@ def synced_both_families(node: Node, times: int = 1) -> bool:
     """The lab is dual-stack: both of kube-proxy's proxiers have synced at least `times` times."""
     syncs = kube_proxy_syncs(node)
     return all(syncs.get(family, 0) >= times for family in ("IPv4", "IPv6"))
+
+
+def node_ready(name: str, via: Node | None = None) -> bool:
+    """The Node's Ready condition is True now (asked of `via`'s apiserver, or the admin kubeconfig's)."""
+    node = json.loads(kubectl("get", "node", name, "-o", "json", via=via).stdout)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+
+
+def kubeconfig_server(node: Node, path: str) -> str | None:
+    """The server a kubeconfig on the node names; None when the file is not there."""
+    res = ssh(node, f"cat {path}", check=False)
+    if res.returncode != 0:
+        return None
+    return yaml.safe_load(res.stdout)["clusters"][0]["cluster"]["server"]
 
 
 def node_ready_since(name: str, since: float, via: Node | None = None) -> bool:
